@@ -1,0 +1,533 @@
+//! The caching allocator: per-stream caches over a backend's native memory, with limits,
+//! release on out-of-memory, and statistics.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use super::buffer::{Buffer, Owner};
+use super::native::{NativeBlock, NativeMemory};
+use super::size_class::{rounded_size, MAX_REQUEST};
+use super::stream_cache::{Shard, ShardCounters, ShardState, StreamCache};
+use crate::error::{Error, Result};
+use crate::stats::MemoryStats;
+use crate::trace::{TraceEvent, TraceRecorder};
+use crate::types::{DeviceId, MemoryKind, StreamId};
+
+/// Tuning of the caching allocator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolConfig {
+    /// Refuse requests that would take reserved memory past this many bytes.
+    pub memory_limit: Option<u64>,
+    /// Release idle cached blocks beyond this many bytes.
+    pub cache_limit: Option<u64>,
+    /// Before asking the native API for more memory, release idle blocks until reserved
+    /// memory would stay within `(1 + reserve_slack)` × the highest live memory seen (both
+    /// in rounded bytes). Keeps reserved ÷ peak live close to 1 when request sizes drift;
+    /// a larger slack keeps more idle blocks for reuse. Infinity disables it.
+    pub reserve_slack: f64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            memory_limit: None,
+            cache_limit: None,
+            reserve_slack: 0.01,
+        }
+    }
+}
+
+/// State shared by the allocator, every stream cache and every buffer.
+pub struct PoolShared<N: NativeMemory> {
+    pub(crate) native: N,
+    global: Mutex<GlobalState<N>>,
+    /// Sum of idle bytes across shards, maintained only while a cache limit is set so
+    /// the hit path touches no shared counter otherwise.
+    idle_bytes: AtomicI64,
+    cache_limit: AtomicU64,
+    failed_frees: AtomicU64,
+    tracing: AtomicBool,
+    trace: Mutex<Option<TraceRecorder>>,
+    next_trace_id: AtomicU64,
+}
+
+pub(crate) struct GlobalState<N: NativeMemory> {
+    g: GlobalCounters,
+    shards: Vec<Weak<Shard<N>>>,
+}
+
+#[derive(Default)]
+struct GlobalCounters {
+    reserved_bytes: u64,
+    reserved_count: u64,
+    peak_reserved_bytes: u64,
+    peak_live_rounded: u64,
+    peak_live_sampled: u64,
+    native_allocations: u64,
+    native_frees: u64,
+    oom_retries: u64,
+    oom_errors: u64,
+    config: PoolConfig,
+}
+
+const NO_LIMIT: u64 = u64::MAX;
+
+/// A caching allocator over a backend's native memory.
+///
+/// Each stream has its own cache ([`StreamCache`]); a request is served from the cache of
+/// its stream when a block of its size class and kind is idle there, without any native
+/// call. Otherwise the allocator asks the native API, releasing idle blocks first when
+/// reserved memory would outgrow live memory by more than [`PoolConfig::reserve_slack`],
+/// and releasing the whole cache and retrying once when the native API is out of memory.
+pub struct CachingAllocator<N: NativeMemory> {
+    shared: Arc<PoolShared<N>>,
+}
+
+impl<N: NativeMemory> Clone for CachingAllocator<N> {
+    fn clone(&self) -> Self {
+        CachingAllocator {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<N: NativeMemory> CachingAllocator<N> {
+    /// An allocator over `native` with the default configuration.
+    pub fn new(native: N) -> Self {
+        Self::with_config(native, PoolConfig::default())
+    }
+
+    /// An allocator over `native` with `config`.
+    pub fn with_config(native: N, config: PoolConfig) -> Self {
+        let shared = Arc::new(PoolShared {
+            native,
+            global: Mutex::new(GlobalState {
+                g: GlobalCounters {
+                    config,
+                    ..GlobalCounters::default()
+                },
+                shards: Vec::new(),
+            }),
+            idle_bytes: AtomicI64::new(0),
+            cache_limit: AtomicU64::new(config.cache_limit.unwrap_or(NO_LIMIT)),
+            failed_frees: AtomicU64::new(0),
+            tracing: AtomicBool::new(false),
+            trace: Mutex::new(None),
+            next_trace_id: AtomicU64::new(1),
+        });
+        CachingAllocator { shared }
+    }
+
+    /// The native memory under the pool.
+    pub fn native(&self) -> &N {
+        &self.shared.native
+    }
+
+    /// The device this allocator serves.
+    pub fn device(&self) -> DeviceId {
+        self.shared.native.device()
+    }
+
+    /// Creates the cache of a new stream. `stream` must keep the native stream alive
+    /// (see [`NativeMemory::Stream`]).
+    pub fn stream_cache(&self, stream: N::Stream, id: StreamId) -> StreamCache<N> {
+        let shard = Arc::new(Shard {
+            shared: self.shared.clone(),
+            stream,
+            id,
+            state: Mutex::new(ShardState {
+                free: Default::default(),
+                pending: Vec::new(),
+                counters: ShardCounters::default(),
+                clock: 0,
+            }),
+            live_rounded: AtomicU64::new(0),
+        });
+        let mut global = self.shared.global.lock();
+        global.shards.retain(|w| w.strong_count() > 0);
+        global.shards.push(Arc::downgrade(&shard));
+        StreamCache::new(shard)
+    }
+
+    /// Allocates `len` bytes of `kind` on `stream`.
+    ///
+    /// Zero bytes succeed with an empty buffer (address 0) whose drop does nothing.
+    /// While the stream is capturing, the memory comes from the capture's graph pool.
+    pub fn allocate(&self, len: u64, kind: MemoryKind, stream: &StreamCache<N>) -> Result<Buffer<N>> {
+        PoolShared::allocate(&self.shared, len, kind, stream)
+    }
+
+    /// Statistics now.
+    pub fn stats(&self) -> MemoryStats {
+        self.shared.stats()
+    }
+
+    /// Statistics of one stream's cache (its live, cached and hit counts; native counts
+    /// are allocator-wide and left at 0).
+    pub fn stream_stats(&self, stream: &StreamCache<N>) -> MemoryStats {
+        let state = stream.base().state.lock();
+        let c = &state.counters;
+        MemoryStats {
+            live_bytes: c.live_bytes,
+            live_count: c.live_count,
+            peak_live_bytes: c.peak_live_bytes,
+            cached_bytes: c.cached_bytes,
+            cached_count: c.cached_count,
+            pending_count: state.pending.len() as u64,
+            cache_hits: c.hits,
+            cache_misses: c.misses,
+            ..MemoryStats::default()
+        }
+    }
+
+    /// Releases every idle cached block to the native API; returns the bytes released.
+    /// Blocks still waiting on another stream's work stay held.
+    pub fn trim(&self) -> u64 {
+        let mut global = self.shared.global.lock();
+        self.shared.evict(&mut global, u64::MAX)
+    }
+
+    /// Sets or clears the memory limit. Requests that would take reserved memory past it
+    /// fail with [`Error::OutOfMemory`] before the device is touched.
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        self.shared.global.lock().g.config.memory_limit = limit;
+    }
+
+    /// Sets or clears the cache limit, releasing idle blocks now if the cache is over it.
+    pub fn set_cache_limit(&self, limit: Option<u64>) {
+        {
+            let mut global = self.shared.global.lock();
+            global.g.config.cache_limit = limit;
+            // Recount idle bytes with every shard locked, so the running sum starts exact.
+            let shards: Vec<_> = global.shards.iter().filter_map(Weak::upgrade).collect();
+            let locks: Vec<_> = shards.iter().map(|s| s.state.lock()).collect();
+            let idle: u64 = locks.iter().map(|s| s.counters.cached_bytes).sum();
+            self.shared.idle_bytes.store(idle as i64, Ordering::Relaxed);
+            self.shared
+                .cache_limit
+                .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+        }
+        self.shared.enforce_cache_limit();
+    }
+
+    /// Sets the reserve slack (see [`PoolConfig::reserve_slack`]).
+    pub fn set_reserve_slack(&self, slack: f64) {
+        self.shared.global.lock().g.config.reserve_slack = slack.max(0.0);
+    }
+
+    /// The configuration now.
+    pub fn config(&self) -> PoolConfig {
+        self.shared.global.lock().g.config
+    }
+
+    /// Starts recording alloc and free events (see [`crate::trace`]) into `recorder`,
+    /// replacing any recorder already set.
+    pub fn start_trace(&self, recorder: TraceRecorder) {
+        *self.shared.trace.lock() = Some(recorder);
+        self.shared.tracing.store(true, Ordering::Release);
+    }
+
+    /// Stops recording and returns the recorder, flushed.
+    pub fn stop_trace(&self) -> Option<TraceRecorder> {
+        self.shared.tracing.store(false, Ordering::Release);
+        let mut recorder = self.shared.trace.lock().take()?;
+        // A flush failure surfaces through the recorder's own error slot.
+        recorder.flush();
+        Some(recorder)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<PoolShared<N>> {
+        &self.shared
+    }
+}
+
+impl<N: NativeMemory> PoolShared<N> {
+    pub(crate) fn allocate(this: &Arc<Self>, len: u64, kind: MemoryKind, stream: &StreamCache<N>) -> Result<Buffer<N>> {
+        if len == 0 {
+            return Ok(Buffer::empty(this.native.device(), kind));
+        }
+        if len > MAX_REQUEST {
+            return Err(Error::invalid(
+                "allocate",
+                format!("{len} bytes is more than the largest request gpuhal accepts ({MAX_REQUEST})"),
+            ));
+        }
+        if let Some(pool) = stream.capture_pool() {
+            return pool.allocate(len, kind, stream.stream_id());
+        }
+        let shard = stream.base();
+        let rounded = rounded_size(len);
+        let block = match shard.take_cached(rounded, kind, len) {
+            Some(block) => block,
+            None => {
+                let block = this.allocate_native(shard, rounded, kind, len)?;
+                shard.note_miss(rounded, len);
+                block
+            }
+        };
+        if N::CHECKS_LIFETIMES {
+            this.native.on_handed_out(&block, len, shard.id);
+        }
+        let trace_id = if this.tracing.load(Ordering::Relaxed) {
+            this.trace_alloc(len, shard.id)
+        } else {
+            0
+        };
+        Ok(Buffer {
+            owner: Owner::Stream(shard.clone()),
+            block,
+            len,
+            uses: Mutex::new(Vec::new()),
+            trace_id,
+        })
+    }
+
+    /// The miss path: limit check, budget release, native call, OOM release and retry.
+    fn allocate_native(&self, shard: &Arc<Shard<N>>, rounded: u64, kind: MemoryKind, len: u64) -> Result<NativeBlock> {
+        let mut global = self.global.lock();
+        let live_rounded = self.sample_live(&mut global);
+
+        if let Some(limit) = global.g.config.memory_limit {
+            if global.g.reserved_bytes + rounded > limit {
+                let excess = global.g.reserved_bytes + rounded - limit;
+                self.evict(&mut global, excess);
+                if global.g.reserved_bytes + rounded > limit {
+                    global.g.oom_errors += 1;
+                    drop(global);
+                    return Err(self.out_of_memory(len, kind, Some(limit)));
+                }
+            }
+        }
+
+        let slack = global.g.config.reserve_slack;
+        if slack.is_finite() {
+            let wanted = live_rounded + rounded;
+            let budget = (global.g.peak_live_rounded.max(wanted) as f64 * (1.0 + slack)) as u64;
+            let after = global.g.reserved_bytes + rounded;
+            if after > budget {
+                self.evict(&mut global, after - budget);
+            }
+        }
+
+        let block = match self.native.allocate(rounded, kind, Some(&shard.stream)) {
+            Ok(block) => block,
+            Err(err) if err.is_out_of_memory() => {
+                global.g.oom_retries += 1;
+                self.evict(&mut global, u64::MAX);
+                match self.native.allocate(rounded, kind, Some(&shard.stream)) {
+                    Ok(block) => block,
+                    Err(err) if err.is_out_of_memory() => {
+                        global.g.oom_errors += 1;
+                        drop(global);
+                        return Err(self.out_of_memory(len, kind, None));
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        };
+        let g = &mut global.g;
+        g.native_allocations += 1;
+        g.reserved_bytes += block.size;
+        g.reserved_count += 1;
+        g.peak_reserved_bytes = g.peak_reserved_bytes.max(g.reserved_bytes);
+        g.peak_live_rounded = g.peak_live_rounded.max(live_rounded + rounded);
+        Ok(block)
+    }
+
+    /// Sums live bytes across shards and folds the sum into the sampled peaks. Returns
+    /// the rounded live bytes.
+    fn sample_live(&self, global: &mut GlobalState<N>) -> u64 {
+        let mut rounded = 0;
+        let mut requested = 0;
+        global.shards.retain(|w| w.strong_count() > 0);
+        for shard in global.shards.iter().filter_map(Weak::upgrade) {
+            rounded += shard.live_rounded.load(Ordering::Relaxed);
+            requested += shard.state.lock().counters.live_bytes;
+        }
+        global.g.peak_live_rounded = global.g.peak_live_rounded.max(rounded);
+        global.g.peak_live_sampled = global.g.peak_live_sampled.max(requested);
+        rounded
+    }
+
+    fn out_of_memory(&self, requested: u64, kind: MemoryKind, limit: Option<u64>) -> Error {
+        Error::OutOfMemory {
+            requested,
+            kind,
+            limit,
+            stats: Box::new(self.stats()),
+        }
+    }
+
+    /// Releases idle blocks, least recently returned first, until at least `bytes` are
+    /// released or none are idle. Returns the bytes released.
+    pub(crate) fn evict(&self, global: &mut GlobalState<N>, bytes: u64) -> u64 {
+        let shards: Vec<Arc<Shard<N>>> = global.shards.iter().filter_map(Weak::upgrade).collect();
+        let mut states: Vec<_> = shards.iter().map(|s| s.state.lock()).collect();
+        for (shard, state) in shards.iter().zip(states.iter_mut()) {
+            if !state.pending.is_empty() {
+                shard.poll_pending(state);
+            }
+        }
+        // (returned_at, shard index, key): oldest first. Each free list is ordered by
+        // return time, so what is taken from one list is always a prefix.
+        let mut candidates: Vec<(u64, usize, u64, u64)> = Vec::new();
+        for (index, state) in states.iter().enumerate() {
+            for (key, list) in &state.free {
+                candidates.extend(list.iter().map(|c| (c.returned_at, index, *key, c.block.size)));
+            }
+        }
+        if bytes != u64::MAX {
+            candidates.sort_unstable();
+        }
+        let mut released = 0u64;
+        let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
+        for (_, index, key, _) in candidates {
+            if released >= bytes {
+                break;
+            }
+            let state = &mut states[index];
+            let Some(list) = state.free.get_mut(&key) else { continue };
+            if list.is_empty() {
+                continue;
+            }
+            let cached = list.remove(0);
+            state.counters.cached_bytes -= cached.block.size;
+            state.counters.cached_count -= 1;
+            released += cached.block.size;
+            taken[index].push(cached.block);
+        }
+        for state in states.iter_mut() {
+            state.free.retain(|_, list| !list.is_empty());
+        }
+        drop(states);
+        for (shard, blocks) in shards.iter().zip(&taken) {
+            self.free_native(global, blocks, Some(&shard.stream));
+        }
+        self.note_idle_change(-(released as i64));
+        released
+    }
+
+    fn free_native(&self, global: &mut GlobalState<N>, blocks: &[NativeBlock], stream: Option<&N::Stream>) {
+        for block in blocks {
+            match self.native.free(*block, stream) {
+                Ok(()) => global.g.native_frees += 1,
+                Err(_) => self.note_failed_free(),
+            }
+            global.g.reserved_bytes -= block.size;
+            global.g.reserved_count -= 1;
+        }
+    }
+
+    /// Frees blocks no shard holds any more (a shard being dropped).
+    pub(crate) fn release_blocks(&self, blocks: &[NativeBlock], stream: Option<&N::Stream>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut global = self.global.lock();
+        self.free_native(&mut global, blocks, stream);
+    }
+
+    /// Accounts memory a graph pool took from or gave back to the native API, so that
+    /// limits and reserved totals cover it.
+    pub(crate) fn graph_reserve(&self, rounded: u64, len: u64, kind: MemoryKind) -> Result<()> {
+        let mut global = self.global.lock();
+        if let Some(limit) = global.g.config.memory_limit {
+            if global.g.reserved_bytes + rounded > limit {
+                let excess = global.g.reserved_bytes + rounded - limit;
+                self.evict(&mut global, excess);
+                if global.g.reserved_bytes + rounded > limit {
+                    global.g.oom_errors += 1;
+                    drop(global);
+                    return Err(self.out_of_memory(len, kind, Some(limit)));
+                }
+            }
+        }
+        let g = &mut global.g;
+        g.native_allocations += 1;
+        g.reserved_bytes += rounded;
+        g.reserved_count += 1;
+        g.peak_reserved_bytes = g.peak_reserved_bytes.max(g.reserved_bytes);
+        Ok(())
+    }
+
+    pub(crate) fn graph_unreserve(&self, rounded: u64, freed: bool) {
+        let mut global = self.global.lock();
+        let g = &mut global.g;
+        g.reserved_bytes -= rounded;
+        g.reserved_count -= 1;
+        if freed {
+            g.native_frees += 1;
+        }
+    }
+
+    pub(crate) fn note_failed_free(&self) {
+        self.failed_frees.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn note_idle_change(&self, delta: i64) {
+        if self.cache_limit.load(Ordering::Relaxed) != NO_LIMIT {
+            self.idle_bytes.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn enforce_cache_limit(&self) {
+        let limit = self.cache_limit.load(Ordering::Relaxed);
+        if limit == NO_LIMIT {
+            return;
+        }
+        let idle = self.idle_bytes.load(Ordering::Relaxed).max(0) as u64;
+        if idle > limit {
+            let mut global = self.global.lock();
+            self.evict(&mut global, idle - limit);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MemoryStats {
+        let mut global = self.global.lock();
+        self.sample_live(&mut global);
+        let mut stats = MemoryStats {
+            reserved_bytes: global.g.reserved_bytes,
+            reserved_count: global.g.reserved_count,
+            peak_reserved_bytes: global.g.peak_reserved_bytes,
+            native_allocations: global.g.native_allocations,
+            native_frees: global.g.native_frees,
+            oom_retries: global.g.oom_retries,
+            oom_errors: global.g.oom_errors,
+            failed_frees: self.failed_frees.load(Ordering::Relaxed),
+            peak_live_bytes: global.g.peak_live_sampled,
+            ..MemoryStats::default()
+        };
+        for shard in global.shards.iter().filter_map(Weak::upgrade) {
+            let state = shard.state.lock();
+            let c = &state.counters;
+            stats.live_bytes += c.live_bytes;
+            stats.live_count += c.live_count;
+            stats.peak_live_bytes = stats.peak_live_bytes.max(c.peak_live_bytes);
+            stats.cached_bytes += c.cached_bytes;
+            stats.cached_count += c.cached_count;
+            stats.pending_count += state.pending.len() as u64;
+            stats.cache_hits += c.hits;
+            stats.cache_misses += c.misses;
+        }
+        stats
+    }
+
+    fn trace_alloc(&self, len: u64, stream: StreamId) -> u64 {
+        let id = self.next_trace_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(recorder) = self.trace.lock().as_mut() {
+            recorder.record(&TraceEvent::alloc(id - 1, len, stream.0));
+        }
+        id
+    }
+
+    pub(crate) fn trace_free(&self, trace_id: u64, len: u64, stream: StreamId) {
+        if let Some(recorder) = self.trace.lock().as_mut() {
+            recorder.record(&TraceEvent::free(trace_id - 1, len, stream.0));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The caching pool, written once for every backend.
+//!
+//! A backend implements [`NativeMemory`] (allocate, free, stream markers) and gets a
+//! [`CachingAllocator`]: per-stream caches with size classes, cross-stream reuse only
+//! after the other stream's recorded use has completed, release-and-retry on out of
+//! memory, memory and cache limits, `trim`, statistics, trace recording, and
+//! [`GraphPool`]s for captures.
+
+mod allocator;
+mod buffer;
+mod graph_pool;
+mod native;
+pub mod size_class;
+mod stream_cache;
+
+pub use allocator::{CachingAllocator, PoolConfig, PoolShared};
+pub use buffer::Buffer;
+pub use graph_pool::GraphPool;
+pub use native::{NativeBlock, NativeMemory};
+pub use stream_cache::{Shard, StreamCache};

@@ -1,0 +1,239 @@
+//! Allocation traces: recording a workload's alloc/free events as JSON lines, and reading
+//! them back for replay.
+//!
+//! The format: a header line (`{"trace": NAME, ...}`), then one event per line,
+//! `{"op": "alloc"|"free", "id": N, "size": BYTES, "stream": S}`; `id` pairs a free with
+//! its alloc. Files ending in `.gz` are gzip-compressed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Whether an event allocates or frees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceOp {
+    /// An allocation.
+    Alloc,
+    /// A free.
+    Free,
+}
+
+/// One alloc or free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// Alloc or free.
+    pub op: TraceOp,
+    /// Pairs a free with its alloc.
+    pub id: u64,
+    /// Bytes requested.
+    pub size: u64,
+    /// Stream the allocation was made on.
+    pub stream: u64,
+}
+
+impl TraceEvent {
+    /// An alloc event.
+    pub fn alloc(id: u64, size: u64, stream: u64) -> Self {
+        TraceEvent {
+            op: TraceOp::Alloc,
+            id,
+            size,
+            stream,
+        }
+    }
+
+    /// A free event.
+    pub fn free(id: u64, size: u64, stream: u64) -> Self {
+        TraceEvent {
+            op: TraceOp::Free,
+            id,
+            size,
+            stream,
+        }
+    }
+}
+
+/// A trace read from a file: its header (kept as JSON, fields vary by recorder) and events.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The header line.
+    pub header: serde_json::Value,
+    /// Events in the order they happened.
+    pub events: Vec<TraceEvent>,
+}
+
+impl Trace {
+    /// The trace's name from its header, or "unnamed".
+    pub fn name(&self) -> &str {
+        self.header.get("trace").and_then(|v| v.as_str()).unwrap_or("unnamed")
+    }
+
+    /// Highest sum of requested sizes alive at once.
+    pub fn peak_live_bytes(&self) -> u64 {
+        let (mut live, mut peak) = (0u64, 0u64);
+        for event in &self.events {
+            match event.op {
+                TraceOp::Alloc => {
+                    live += event.size;
+                    peak = peak.max(live);
+                }
+                TraceOp::Free => live = live.saturating_sub(event.size),
+            }
+        }
+        peak
+    }
+
+    /// Reads a `.jsonl` or `.jsonl.gz` trace.
+    pub fn read(path: &Path) -> Result<Trace> {
+        let context = |what: &str| format!("{what} {}", path.display());
+        let file = File::open(path).map_err(|source| Error::Trace {
+            context: context("opening"),
+            source,
+        })?;
+        let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::GzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        Self::parse(BufReader::new(reader)).map_err(|err| match err {
+            Error::Trace { context: c, source } => Error::Trace {
+                context: format!("{c} in {}", path.display()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a trace from JSON lines.
+    pub fn parse(reader: impl BufRead) -> Result<Trace> {
+        let bad = |line: usize, why: String| Error::Trace {
+            context: format!("line {line}"),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        };
+        let mut lines = reader.lines().enumerate();
+        let header = match lines.next() {
+            Some((_, line)) => {
+                let line = line.map_err(|source| Error::Trace {
+                    context: "line 1".into(),
+                    source,
+                })?;
+                serde_json::from_str(&line).map_err(|e| bad(1, format!("header: {e}")))?
+            }
+            None => return Err(bad(1, "empty trace: no header".into())),
+        };
+        let mut events = Vec::new();
+        for (index, line) in lines {
+            let line = line.map_err(|source| Error::Trace {
+                context: format!("line {}", index + 1),
+                source,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            events.push(serde_json::from_str(&line).map_err(|e| bad(index + 1, e.to_string()))?);
+        }
+        Ok(Trace { header, events })
+    }
+}
+
+/// Writes alloc/free events as JSON lines. Give one to
+/// [`CachingAllocator::start_trace`](crate::pool::CachingAllocator::start_trace).
+///
+/// ```
+/// use gpuhal_hal::trace::{Trace, TraceEvent, TraceRecorder};
+/// let path = std::env::temp_dir().join("gpuhal-trace-doc.jsonl.gz");
+/// let mut recorder = TraceRecorder::create("demo", &path).unwrap();
+/// recorder.record(&TraceEvent::alloc(0, 1024, 0));
+/// recorder.record(&TraceEvent::free(0, 1024, 0));
+/// recorder.finish().unwrap();
+/// let trace = Trace::read(&path).unwrap();
+/// assert_eq!(trace.events.len(), 2);
+/// assert_eq!(trace.peak_live_bytes(), 1024);
+/// ```
+pub struct TraceRecorder {
+    out: Box<dyn Write + Send>,
+    events: u64,
+    error: Option<std::io::Error>,
+}
+
+impl TraceRecorder {
+    /// A recorder writing to `out`, starting with a header naming the trace.
+    pub fn new(name: &str, out: impl Write + Send + 'static) -> Self {
+        let mut recorder = TraceRecorder {
+            out: Box::new(BufWriter::new(out)),
+            events: 0,
+            error: None,
+        };
+        let header = serde_json::json!({ "trace": name, "recorder": "gpuhal" });
+        recorder.write_line(&header.to_string());
+        recorder
+    }
+
+    /// A recorder writing to a new file at `path` (gzip-compressed if it ends in `.gz`).
+    pub fn create(name: &str, path: &Path) -> Result<Self> {
+        let file = File::create(path).map_err(|source| Error::Trace {
+            context: format!("creating {}", path.display()),
+            source,
+        })?;
+        Ok(if path.extension().is_some_and(|e| e == "gz") {
+            Self::new(name, flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+        } else {
+            Self::new(name, file)
+        })
+    }
+
+    /// Appends one event. The first write error is kept and reported by [`finish`](Self::finish).
+    pub fn record(&mut self, event: &TraceEvent) {
+        self.events += 1;
+        let line = format!(
+            r#"{{"op": "{}", "id": {}, "size": {}, "stream": {}}}"#,
+            match event.op {
+                TraceOp::Alloc => "alloc",
+                TraceOp::Free => "free",
+            },
+            event.id,
+            event.size,
+            event.stream
+        );
+        self.write_line(&line);
+    }
+
+    /// Events recorded so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if self.error.is_none() {
+            if let Err(e) = writeln!(self.out, "{line}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes buffered lines, keeping the first error for [`finish`](Self::finish).
+    pub fn flush(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes and reports the first write error, if any.
+    pub fn finish(mut self) -> Result<u64> {
+        self.flush();
+        match self.error.take() {
+            Some(source) => Err(Error::Trace {
+                context: "writing".into(),
+                source,
+            }),
+            None => Ok(self.events),
+        }
+    }
+}
