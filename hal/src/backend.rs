@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::pool::{self, CachingAllocator, NativeMemory, StreamCache};
 use crate::stats::{EventStats, ImportStats, MemoryStats};
 use crate::types::{
-    Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, MemoryKind, Region,
-    StreamId,
+    Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,
+    MemoryKind, Region, StreamId,
 };
 
 /// Ties a backend's handle types together.
@@ -145,6 +145,10 @@ pub trait Device<B: Backend<Device = Self>>: Send + Sync + Sized {
 
     /// Prefetches managed memory to `to`, ordered on `stream`.
     fn prefetch(&self, region: &dyn AsRegion, to: Location, stream: &B::Stream) -> Result<()>;
+
+    /// The advice and last prefetch location in effect on a managed range, read back from
+    /// the device (so tests can prove a [`ManagedPolicy`] was applied).
+    fn managed_range_info(&self, region: &dyn AsRegion) -> Result<ManagedRangeInfo>;
 
     /// Makes `host` (an mmap'd file, say) usable by the device by the cheapest path
     /// `policy` allows: `Coherent`, then `Registered`, then `Copied`. The result says

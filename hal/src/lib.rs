@@ -35,6 +35,6 @@ pub use error::{check_range, Error, NativeError, Result};
 pub use pool::{CachingAllocator, PoolConfig};
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{
-    Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, MemoryKind, Region,
-    StreamId,
+    Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,
+    MemoryKind, Region, StreamId,
 };

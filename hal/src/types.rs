@@ -141,6 +141,15 @@ impl Default for ManagedPolicy {
     }
 }
 
+/// Placement state of a managed range, as the device reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManagedRangeInfo {
+    /// Advice in effect on the whole range.
+    pub advice: Advice,
+    /// Where the range was last prefetched to, if it was.
+    pub last_prefetch: Option<Location>,
+}
+
 /// The path host import took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ImportPath {
