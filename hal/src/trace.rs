@@ -237,3 +237,92 @@ impl TraceRecorder {
         }
     }
 }
+
+/// What replaying a trace through an allocator measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReplayReport {
+    /// The trace's name.
+    pub trace: String,
+    /// Events replayed.
+    pub events: u64,
+    /// Peak live bytes according to the trace itself.
+    pub peak_live_bytes: u64,
+    /// Peak bytes reserved from the native API during the replay.
+    pub peak_reserved_bytes: u64,
+    /// `peak_reserved_bytes / peak_live_bytes`.
+    pub reserved_over_live: f64,
+    /// Native allocation calls made.
+    pub native_allocations: u64,
+    /// Fraction of allocations served from the cache.
+    pub hit_rate: f64,
+    /// Wall time per event, in nanoseconds.
+    pub ns_per_event: f64,
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} events, peak live {} B, peak reserved {} B, reserved/peak live {:.4}, \
+             {} native allocations, cache hit rate {:.2}%, {:.0} ns/event",
+            self.trace,
+            self.events,
+            self.peak_live_bytes,
+            self.peak_reserved_bytes,
+            self.reserved_over_live,
+            self.native_allocations,
+            self.hit_rate * 100.0,
+            self.ns_per_event
+        )
+    }
+}
+
+/// Replays `trace` through `device`'s allocator: each trace stream gets a stream of its own,
+/// allocations are made with the requested sizes (device memory) and freed in trace order.
+/// The allocator should be fresh (its stats are read as the replay's).
+pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<ReplayReport> {
+    use crate::{Device, MemoryKind};
+    use std::collections::HashMap;
+
+    let mut streams: HashMap<u64, B::Stream> = HashMap::new();
+    for event in &trace.events {
+        if !streams.contains_key(&event.stream) {
+            streams.insert(event.stream, device.create_stream()?);
+        }
+    }
+    let before = device.memory_stats();
+    let mut live: HashMap<u64, crate::Buffer<B>> = HashMap::with_capacity(1024);
+    let start = std::time::Instant::now();
+    for event in &trace.events {
+        match event.op {
+            TraceOp::Alloc => {
+                let stream = &streams[&event.stream];
+                let buffer = device.allocate(event.size, MemoryKind::Device, stream)?;
+                live.insert(event.id, buffer);
+            }
+            TraceOp::Free => {
+                live.remove(&event.id);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let after = device.memory_stats();
+    drop(live);
+    let peak_live = trace.peak_live_bytes();
+    let hits = after.cache_hits - before.cache_hits;
+    let misses = after.cache_misses - before.cache_misses;
+    Ok(ReplayReport {
+        trace: trace.name().to_string(),
+        events: trace.events.len() as u64,
+        peak_live_bytes: peak_live,
+        peak_reserved_bytes: after.peak_reserved_bytes,
+        reserved_over_live: after.peak_reserved_bytes as f64 / peak_live.max(1) as f64,
+        native_allocations: after.native_allocations - before.native_allocations,
+        hit_rate: if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        },
+        ns_per_event: elapsed.as_nanos() as f64 / trace.events.len().max(1) as f64,
+    })
+}
