@@ -286,8 +286,8 @@ pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<Re
 
     let mut streams: HashMap<u64, B::Stream> = HashMap::new();
     for event in &trace.events {
-        if !streams.contains_key(&event.stream) {
-            streams.insert(event.stream, device.create_stream()?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = streams.entry(event.stream) {
+            slot.insert(device.create_stream()?);
         }
     }
     let before = device.memory_stats();
