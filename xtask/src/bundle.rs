@@ -1,0 +1,218 @@
+//! `cargo xtask gpu-bundle`: release binaries for a GPU host that has a driver but no Rust
+//! toolchain, and a `run.sh` that runs them all and keeps the logs.
+//!
+//! The binaries load the CUDA driver and the Vulkan loader at run time (cudarc's and ash's
+//! dynamic loading), so they build on any Linux machine and need on the GPU host only the
+//! driver and a glibc at least as new as the build machine's.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::cargo::{build_executables, cargo, require_features, require_target, workspace_root, Artifact};
+use crate::{BENCH_BIN, BENCH_PACKAGE, CONFORMANCE_BIN, CONFORMANCE_PACKAGE};
+
+const CUDA_PACKAGE: &str = "gpuhal-cuda";
+
+#[derive(Args, Clone, Debug)]
+pub struct BundleArgs {
+    /// Where to put the bundle (replaced if it exists).
+    #[arg(long, default_value = "bundle")]
+    out: PathBuf,
+}
+
+pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
+    let why = "gpu-bundle";
+    require_features(CONFORMANCE_PACKAGE, &["cuda", "vulkan"], why)?;
+    require_target(CONFORMANCE_PACKAGE, "bin", CONFORMANCE_BIN, why)?;
+    require_features(BENCH_PACKAGE, &["cuda"], why)?;
+    require_target(BENCH_PACKAGE, "bin", BENCH_BIN, why)?;
+
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        workspace_root().join(&args.out)
+    };
+    let bin = out.join("bin");
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("could not clear {}", out.display()))?;
+    }
+    fs::create_dir_all(&bin).with_context(|| format!("could not create {}", bin.display()))?;
+
+    let conformance = build_executables(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        CONFORMANCE_PACKAGE,
+        "--bin",
+        CONFORMANCE_BIN,
+        "--no-default-features",
+        "--features",
+        "cuda,vulkan",
+    ]))?;
+    copy_one(&conformance, CONFORMANCE_BIN, &bin.join(CONFORMANCE_BIN))?;
+
+    let bench = build_executables(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        BENCH_PACKAGE,
+        "--bin",
+        BENCH_BIN,
+        "--no-default-features",
+        "--features",
+        "cuda",
+    ]))?;
+    copy_one(&bench, BENCH_BIN, &bin.join(BENCH_BIN))?;
+
+    // Every test binary of the CUDA crate: its unit tests and each file under tests/.
+    let cuda_tests: Vec<Artifact> =
+        build_executables(&mut cargo(["test", "--release", "-p", CUDA_PACKAGE, "--no-run"]))?
+            .into_iter()
+            .filter(|artifact| artifact.is_test)
+            .collect();
+    if cuda_tests.is_empty() {
+        bail!("`cargo test -p {CUDA_PACKAGE} --no-run` built no test binary; the bundle would test nothing");
+    }
+    let mut test_names = Vec::new();
+    for artifact in &cuda_tests {
+        let name = if artifact.target_kinds.iter().any(|kind| kind == "lib") {
+            "gpuhal-cuda-test-unit".to_string()
+        } else {
+            format!("gpuhal-cuda-test-{}", artifact.target_name)
+        };
+        copy_executable(&artifact.executable, &bin.join(&name))?;
+        test_names.push(name);
+    }
+
+    let run_sh = out.join("run.sh");
+    fs::write(&run_sh, RUN_SH).with_context(|| format!("could not write {}", run_sh.display()))?;
+    make_executable(&run_sh)?;
+    fs::write(out.join("MANIFEST"), manifest(&test_names))
+        .with_context(|| format!("could not write the manifest in {}", out.display()))?;
+
+    eprintln!(
+        "\nxtask: bundle ready in {} ({} binaries). On the GPU host:\n    {}/run.sh RESULTS_DIR",
+        out.display(),
+        2 + test_names.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn copy_one(artifacts: &[Artifact], target_name: &str, to: &Path) -> Result<()> {
+    let Some(artifact) = artifacts.iter().find(|artifact| artifact.target_name == target_name) else {
+        bail!("cargo reported no executable for `{target_name}`");
+    };
+    copy_executable(&artifact.executable, to)
+}
+
+fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).with_context(|| format!("could not copy {} to {}", from.display(), to.display()))?;
+    make_executable(to)
+}
+
+fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("could not make {} executable", path.display()))
+}
+
+fn manifest(test_names: &[String]) -> String {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    let mut text = format!(
+        "gpuhal GPU bundle\ncommit: {commit}\ntarget: {}-{}\nbinaries:\n  bin/{CONFORMANCE_BIN} (features cuda, vulkan)\n  bin/{BENCH_BIN} (feature cuda)\n",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    for name in test_names {
+        text.push_str(&format!("  bin/{name}\n"));
+    }
+    text
+}
+
+/// Runs every check of the bundle on a GPU host. Each step's output is shown and kept in
+/// a log; a failing step does not stop the others (a GPU session is worth all its
+/// results), but the script exits non-zero if any failed.
+const RUN_SH: &str = r#"#!/usr/bin/env bash
+# Runs gpuhal's GPU checks from a bundle made by `cargo xtask gpu-bundle`.
+# Needs the NVIDIA driver (libcuda.so.1) and, for the Vulkan run, the Vulkan loader
+# (libvulkan.so.1) with NVIDIA's ICD. No Rust toolchain.
+#
+# Usage: run.sh RESULTS_DIR
+# Writes one log per step, the conformance reports as JSON and the benchmark JSON there.
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 RESULTS_DIR" >&2
+    exit 2
+fi
+bundle=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$1"
+results=$(cd "$1" && pwd)
+failed=()
+
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name"
+    local started=$SECONDS
+    "$@" 2>&1 | tee "$results/$name.log"
+    local status=${PIPESTATUS[0]}
+    if [ "$status" -eq 0 ]; then
+        echo "<== $name: passed in $((SECONDS - started))s"
+    else
+        echo "<== $name: FAILED (status $status) after $((SECONDS - started))s; see $results/$name.log"
+        failed+=("$name")
+    fi
+}
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
+    | tee "$results/gpu.txt"
+
+step cuda-conformance "$bundle/bin/gpuhal-conformance" --backend cuda --json "$results/cuda-conformance.json"
+
+# Point the Vulkan loader at NVIDIA's driver, so the run is not on a CPU driver such as
+# lavapipe that may also be installed.
+nvidia_icd=""
+for dir in /etc/vulkan/icd.d /usr/share/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
+    for manifest in "$dir"/nvidia_icd*.json; do
+        [ -f "$manifest" ] && nvidia_icd=$manifest && break 2
+    done
+done
+if [ -n "$nvidia_icd" ]; then
+    echo "Vulkan: using $nvidia_icd"
+    step vulkan-conformance env VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd" \
+        "$bundle/bin/gpuhal-conformance" --backend vulkan --json "$results/vulkan-conformance.json"
+else
+    echo "Vulkan: no NVIDIA ICD manifest (nvidia_icd.json) found; running on whatever driver the loader picks"
+    step vulkan-conformance "$bundle/bin/gpuhal-conformance" --backend vulkan \
+        --json "$results/vulkan-conformance.json"
+fi
+
+# One thread: GPU tests share one device and its memory.
+for test_binary in "$bundle"/bin/gpuhal-cuda-test-*; do
+    step "$(basename "$test_binary")" "$test_binary" --include-ignored --test-threads=1
+done
+
+mkdir -p "$results/bench"
+step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/bench"
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "every step passed; results in $results"
+else
+    echo "FAILED: ${failed[*]}; results in $results"
+    exit 1
+fi
+"#;
