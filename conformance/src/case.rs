@@ -1,0 +1,254 @@
+//! What a conformance case is, what it gets to run with, and how it fails.
+
+use std::fmt;
+use std::sync::Arc;
+
+use gpuhal_hal::{Backend, Capabilities, Device, Error};
+
+/// The part of the contract a case checks; the report tallies results by area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    /// The caching allocator over device (and pinned) memory.
+    Memory,
+    /// Managed memory: advice, prefetch, the managed policy.
+    Managed,
+    /// Import of existing host memory.
+    HostImport,
+    /// Pooled events: recording, waiting, timing.
+    Events,
+    /// Timeline fences.
+    Fences,
+    /// Graph capture, replay, update and graph pools.
+    Graphs,
+    /// Several threads and streams at once.
+    Concurrency,
+    /// Misuse that must fail cleanly and lose nothing else.
+    BadInput,
+}
+
+impl Area {
+    /// Every area, in report order.
+    pub const ALL: [Area; 8] = [
+        Area::Memory,
+        Area::Managed,
+        Area::HostImport,
+        Area::Events,
+        Area::Fences,
+        Area::Graphs,
+        Area::Concurrency,
+        Area::BadInput,
+    ];
+
+    /// The name used in reports and in case paths (`area/case`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Area::Memory => "memory",
+            Area::Managed => "managed",
+            Area::HostImport => "host import",
+            Area::Events => "events",
+            Area::Fences => "fences",
+            Area::Graphs => "graphs",
+            Area::Concurrency => "concurrency",
+            Area::BadInput => "bad input",
+        }
+    }
+}
+
+impl fmt::Display for Area {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One conformance case: a check of one promise of the contract, generic over the backend.
+pub struct Case<B: Backend> {
+    /// Unique name, `snake_case`, saying what is promised.
+    pub name: &'static str,
+    /// The area it is tallied under.
+    pub area: Area,
+    /// Capabilities the device must have; without them the case is skipped.
+    pub needs: Capabilities,
+    /// The check itself, run on a freshly opened device.
+    pub run: fn(&Context<B>) -> Result<(), Failure>,
+}
+
+impl<B: Backend> Case<B> {
+    /// A case.
+    pub fn new(
+        name: &'static str,
+        area: Area,
+        needs: Capabilities,
+        run: fn(&Context<B>) -> Result<(), Failure>,
+    ) -> Self {
+        Case { name, area, needs, run }
+    }
+
+    /// `area/name`, as the report and `--filter` see it.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.area.name().replace(' ', "_"), self.name)
+    }
+}
+
+impl<B: Backend> Clone for Case<B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Case<B> {}
+
+impl<B: Backend> fmt::Debug for Case<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("name", &self.name)
+            .field("area", &self.area)
+            .field("needs", &self.needs)
+            .finish()
+    }
+}
+
+/// Opens a device of backend `B`; shared between the runner and cases that need a
+/// second device.
+pub(crate) type Opener<B> = Arc<dyn Fn() -> gpuhal_hal::Result<<B as Backend>::Device> + Send + Sync>;
+
+/// What a case runs with: a device opened for it alone, and a way to open another one.
+pub struct Context<B: Backend> {
+    device: B::Device,
+    opener: Opener<B>,
+}
+
+impl<B: Backend> Context<B> {
+    pub(crate) fn new(device: B::Device, opener: Opener<B>) -> Self {
+        Context { device, opener }
+    }
+
+    /// The device under test, opened fresh for this case.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The device's capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.device.capabilities()
+    }
+
+    /// A new stream on the device under test.
+    pub fn stream(&self) -> Result<B::Stream, Failure> {
+        self.device.create_stream().during("creating a stream")
+    }
+
+    /// Opens a second device the way the runner opened the first (for checks that
+    /// handles of one device are refused by another).
+    pub fn open_another_device(&self) -> Result<B::Device, Failure> {
+        (self.opener)().during("opening a second device")
+    }
+}
+
+/// Why a case did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The backend broke a promise; the message says what was expected and what happened.
+    Failed(String),
+    /// The case could not run because of a real limitation of the device (too little
+    /// free memory, say). Never used to hide a failure.
+    Skipped(String),
+}
+
+impl Failure {
+    /// A failure with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure::Failed(message.into())
+    }
+
+    /// A skip, with the limitation of the device that prevents the case from running.
+    pub fn skip(reason: impl Into<String>) -> Self {
+        Failure::Skipped(reason.into())
+    }
+
+    /// A failure comparing what was expected with what happened.
+    pub fn mismatch(what: impl fmt::Display, expected: impl fmt::Debug, actual: impl fmt::Debug) -> Self {
+        Failure::Failed(format!("{what}: expected {expected:?}, got {actual:?}"))
+    }
+
+    /// The message or reason.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Failed(message) | Failure::Skipped(message) => message,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Failed(message) => write!(f, "failed: {message}"),
+            Failure::Skipped(reason) => write!(f, "skipped: {reason}"),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure::Failed(format!("unexpected error: {err}"))
+    }
+}
+
+/// Turns an unexpected `hal` error into a [`Failure`] that says what the case was doing.
+pub trait ResultExt<T> {
+    /// `Ok` unchanged; an error becomes "`doing`: expected success, got error …".
+    fn during(self, doing: &str) -> Result<T, Failure>;
+}
+
+impl<T> ResultExt<T> for gpuhal_hal::Result<T> {
+    fn during(self, doing: &str) -> Result<T, Failure> {
+        self.map_err(|err| Failure::Failed(format!("{doing}: expected success, got error: {err}")))
+    }
+}
+
+/// Fails the case with a formatted message unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err($crate::Failure::new(format!($($message)+)));
+        }
+    };
+}
+
+/// Fails the case unless `actual == expected`, naming both.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($actual:expr, $expected:expr, $($what:tt)+) => {{
+        let actual = $actual;
+        let expected = $expected;
+        if actual != expected {
+            return Err($crate::Failure::mismatch(format!($($what)+), expected, actual));
+        }
+    }};
+}
+
+/// Evaluates a `hal::Result` that must be an error matching `pattern`; yields the error,
+/// or fails the case naming the expected variant and what came instead.
+#[macro_export]
+macro_rules! expect_error {
+    ($result:expr, $pattern:pat, $($what:tt)+) => {
+        match $result {
+            Err(err @ $pattern) => err,
+            Err(other) => {
+                return Err($crate::Failure::new(format!(
+                    "{}: expected {}, got error: {other} ({other:?})",
+                    format!($($what)+),
+                    stringify!($pattern)
+                )))
+            }
+            Ok(_) => {
+                return Err($crate::Failure::new(format!(
+                    "{}: expected {}, got success",
+                    format!($($what)+),
+                    stringify!($pattern)
+                )))
+            }
+        }
+    };
+}

@@ -1,0 +1,7 @@
+use gpuhal_hal::Backend;
+
+use crate::case::Case;
+
+pub(crate) fn cases<B: Backend>() -> Vec<Case<B>> {
+    Vec::new()
+}
