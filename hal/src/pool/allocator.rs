@@ -480,10 +480,17 @@ impl<N: NativeMemory> PoolShared<N> {
         if limit == NO_LIMIT {
             return;
         }
-        let idle = self.idle_bytes.load(Ordering::Relaxed).max(0) as u64;
-        if idle > limit {
-            let mut global = self.global.lock();
-            self.evict(&mut global, idle - limit);
+        if self.idle_bytes.load(Ordering::Relaxed) <= limit as i64 {
+            return;
+        }
+        let mut global = self.global.lock();
+        // Eviction first moves finished cross-stream blocks into the cache, which can
+        // raise the idle total it started from; go again until under the limit.
+        loop {
+            let idle = self.idle_bytes.load(Ordering::Relaxed).max(0) as u64;
+            if idle <= limit || self.evict(&mut global, idle - limit) == 0 {
+                break;
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod allocator;
 mod buffer;
+mod counting;
 mod graph_pool;
 mod native;
 pub mod size_class;
@@ -15,6 +16,7 @@ mod stream_cache;
 
 pub use allocator::{CachingAllocator, PoolConfig, PoolShared};
 pub use buffer::Buffer;
+pub use counting::{CountingMarker, CountingMemory, CountingStream};
 pub use graph_pool::GraphPool;
 pub use native::{NativeBlock, NativeMemory};
 pub use stream_cache::{Shard, StreamCache};

@@ -13,7 +13,11 @@ use super::allocator::PoolShared;
 use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
+use super::size_class::rounded_size;
 use crate::types::{DeviceId, MemoryKind, StreamId};
+
+/// Size classes above the requested one that an idle block may come from.
+pub(crate) const NEAR_FIT_STEPS: usize = 8;
 
 /// Free-list key: rounded size and kind packed into one integer.
 pub(crate) fn free_key(rounded: u64, kind: MemoryKind) -> u64 {
@@ -87,26 +91,42 @@ impl<N: NativeMemory> Shard<N> {
         self.shared.native.device()
     }
 
-    /// The hit path: a block of exactly this class and kind, if one is idle.
+    /// The hit path: an idle block of this class and kind, or failing that of one of the
+    /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
+    /// than reserving more memory).
     #[inline]
     pub(crate) fn take_cached(&self, rounded: u64, kind: MemoryKind, len: u64) -> Option<NativeBlock> {
-        let key = free_key(rounded, kind);
         let mut state = self.state.lock();
-        let mut found = state.free.get_mut(&key).and_then(Vec::pop);
+        let mut found = Self::pop_fit(&mut state, rounded, kind);
         if found.is_none() && !state.pending.is_empty() {
             self.poll_pending(&mut state);
-            found = state.free.get_mut(&key).and_then(Vec::pop);
+            found = Self::pop_fit(&mut state, rounded, kind);
         }
-        let cached = found?;
+        let block = found?.block;
         let c = &mut state.counters;
         c.hits += 1;
-        c.cached_bytes -= rounded;
+        c.cached_bytes -= block.size;
         c.cached_count -= 1;
         Self::count_live(c, len, 1);
-        self.live_rounded.fetch_add(rounded, Ordering::Relaxed);
+        self.live_rounded.fetch_add(block.size, Ordering::Relaxed);
         drop(state);
-        self.shared.note_idle_change(-(rounded as i64));
-        Some(cached.block)
+        self.shared.note_idle_change(-(block.size as i64));
+        Some(block)
+    }
+
+    #[inline]
+    fn pop_fit(state: &mut ShardState<N>, rounded: u64, kind: MemoryKind) -> Option<CachedBlock> {
+        if let Some(block) = state.free.get_mut(&free_key(rounded, kind)).and_then(Vec::pop) {
+            return Some(block);
+        }
+        let mut class = rounded;
+        for _ in 0..NEAR_FIT_STEPS {
+            class = rounded_size(class + 1);
+            if let Some(block) = state.free.get_mut(&free_key(class, kind)).and_then(Vec::pop) {
+                return Some(block);
+            }
+        }
+        None
     }
 
     /// Accounts a block just obtained from the native API.

@@ -1,0 +1,51 @@
+//! Replays the real GPT-2 training trace through the caching pool alone.
+
+use std::path::PathBuf;
+
+use gpuhal_hal::pool::{CachingAllocator, CountingMemory, CountingStream};
+use gpuhal_hal::trace::{Trace, TraceOp};
+use gpuhal_hal::{MemoryKind, StreamId};
+
+fn trace_path() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/gpt2_train.jsonl.gz");
+    path.exists().then_some(path)
+}
+
+#[test]
+fn gpt2_trace_reserves_at_most_102_percent_of_peak_live() {
+    let Some(path) = trace_path() else {
+        eprintln!("skipped: the gpt2_train trace is not next to this checkout");
+        return;
+    };
+    let trace = Trace::read(&path).unwrap();
+    let allocator = CachingAllocator::new(CountingMemory::new(u64::MAX / 4));
+    let stream = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
+    let mut live = std::collections::HashMap::new();
+    for event in &trace.events {
+        match event.op {
+            TraceOp::Alloc => {
+                live.insert(
+                    event.id,
+                    allocator.allocate(event.size, MemoryKind::Device, &stream).unwrap(),
+                );
+            }
+            TraceOp::Free => {
+                live.remove(&event.id);
+            }
+        }
+    }
+    let stats = allocator.stats();
+    let peak_live = trace.peak_live_bytes();
+    assert_eq!(
+        stats.peak_live_bytes, peak_live,
+        "the pool's peak live must match the trace's"
+    );
+    let ratio = stats.peak_reserved_bytes as f64 / peak_live as f64;
+    eprintln!(
+        "reserved/peak live {ratio:.4}, native allocations {}, hit rate {:.3}",
+        stats.native_allocations,
+        stats.hit_rate()
+    );
+    assert!(ratio <= 1.02, "reserved/peak live {ratio:.4} > 1.02");
+    assert!(stats.hit_rate() > 0.6, "hit rate {:.3}", stats.hit_rate());
+}
