@@ -6,18 +6,13 @@ use gpuhal_hal::pool::{CachingAllocator, CountingMemory, CountingStream};
 use gpuhal_hal::trace::{Trace, TraceOp};
 use gpuhal_hal::{MemoryKind, StreamId};
 
-fn trace_path() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/gpt2_train.jsonl.gz");
-    path.exists().then_some(path)
+fn trace_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces/gpt2_train.jsonl.gz")
 }
 
 #[test]
 fn gpt2_trace_reserves_at_most_102_percent_of_peak_live() {
-    let Some(path) = trace_path() else {
-        eprintln!("skipped: the gpt2_train trace is not next to this checkout");
-        return;
-    };
-    let trace = Trace::read(&path).unwrap();
+    let trace = Trace::read(&trace_path()).unwrap();
     let allocator = CachingAllocator::new(CountingMemory::new(u64::MAX / 4));
     let stream = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
     let mut live = std::collections::HashMap::new();
