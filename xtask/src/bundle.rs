@@ -15,6 +15,8 @@ use crate::cargo::{build_executables, cargo, require_features, require_target, w
 use crate::{BENCH_BIN, BENCH_PACKAGE, CONFORMANCE_BIN, CONFORMANCE_PACKAGE};
 
 const CUDA_PACKAGE: &str = "gpuhal-cuda";
+/// The allocation trace the repository ships (a GPT-2 training run).
+const TRACE: &str = "traces/gpt2_train.jsonl.gz";
 
 #[derive(Args, Clone, Debug)]
 pub struct BundleArgs {
@@ -85,6 +87,17 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         };
         copy_executable(&artifact.executable, &bin.join(&name))?;
         test_names.push(name);
+    }
+
+    // The vendored allocation trace, so the GPU run replays it through the CUDA allocator.
+    let trace = workspace_root().join(TRACE);
+    if trace.is_file() {
+        let traces = out.join("traces");
+        fs::create_dir_all(&traces).with_context(|| format!("could not create {}", traces.display()))?;
+        let to = traces.join(trace.file_name().unwrap_or_default());
+        fs::copy(&trace, &to).with_context(|| format!("could not copy {}", trace.display()))?;
+    } else {
+        eprintln!("xtask: no {TRACE} in the checkout; the bundle will not replay a trace");
     }
 
     let run_sh = out.join("run.sh");
@@ -206,7 +219,14 @@ for test_binary in "$bundle"/bin/gpuhal-cuda-test-*; do
 done
 
 mkdir -p "$results/bench"
-step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/bench"
+trace_args=()
+for trace in "$bundle"/traces/*.jsonl*; do
+    [ -f "$trace" ] && trace_args=(--trace "$trace") && break
+done
+step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/bench" "${trace_args[@]}"
+if [ ${#trace_args[@]} -gt 0 ]; then
+    step cuda-replay "$bundle/bin/gpuhal-bench" replay "${trace_args[1]}" --backend cuda --out "$results/bench"
+fi
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
