@@ -139,11 +139,11 @@ impl<N: NativeMemory> CachingAllocator<N> {
             id,
             state: Mutex::new(ShardState {
                 free: Default::default(),
+                orphaned: false,
                 pending: Vec::new(),
                 counters: ShardCounters::default(),
                 clock: 0,
             }),
-            live_rounded: AtomicU64::new(0),
         });
         let mut global = self.shared.global.lock();
         global.shards.retain(|w| w.strong_count() > 0);
@@ -344,8 +344,9 @@ impl<N: NativeMemory> PoolShared<N> {
         let mut requested = 0;
         global.shards.retain(|w| w.strong_count() > 0);
         for shard in global.shards.iter().filter_map(Weak::upgrade) {
-            rounded += shard.live_rounded.load(Ordering::Relaxed);
-            requested += shard.state.lock().counters.live_bytes;
+            let state = shard.state.lock();
+            rounded += state.counters.live_rounded;
+            requested += state.counters.live_bytes;
         }
         global.g.peak_live_rounded = global.g.peak_live_rounded.max(rounded);
         global.g.peak_live_sampled = global.g.peak_live_sampled.max(requested);
@@ -371,36 +372,35 @@ impl<N: NativeMemory> PoolShared<N> {
                 shard.poll_pending(state);
             }
         }
-        // (returned_at, shard index, key): oldest first. Each free list is ordered by
-        // return time, so what is taken from one list is always a prefix.
-        let mut candidates: Vec<(u64, usize, u64, u64)> = Vec::new();
+        // (returned_at, shard index, slot, size): oldest first. Each free list is ordered
+        // by return time, so what is taken from one list is always a prefix.
+        let mut candidates: Vec<(u64, usize, usize, u64)> = Vec::new();
         for (index, state) in states.iter().enumerate() {
-            for (key, list) in &state.free {
-                candidates.extend(list.iter().map(|c| (c.returned_at, index, *key, c.block.size)));
+            for (slot, list) in state.free.lists() {
+                candidates.extend(list.iter().map(|c| (c.returned_at, index, slot, c.block.size)));
             }
         }
         if bytes != u64::MAX {
             candidates.sort_unstable();
         }
         let mut released = 0u64;
-        let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
-        for (_, index, key, _) in candidates {
+        let mut counts: std::collections::HashMap<(usize, usize), usize> = Default::default();
+        for &(_, index, slot, size) in &candidates {
             if released >= bytes {
                 break;
             }
-            let state = &mut states[index];
-            let Some(list) = state.free.get_mut(&key) else { continue };
-            if list.is_empty() {
-                continue;
-            }
-            let cached = list.remove(0);
-            state.counters.cached_bytes -= cached.block.size;
-            state.counters.cached_count -= 1;
-            released += cached.block.size;
-            taken[index].push(cached.block);
+            *counts.entry((index, slot)).or_default() += 1;
+            released += size;
         }
-        for state in states.iter_mut() {
-            state.free.retain(|_, list| !list.is_empty());
+        let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
+        for ((index, slot), count) in counts {
+            let state = &mut states[index];
+            let blocks: Vec<NativeBlock> = state.free.take_oldest(slot, count).map(|c| c.block).collect();
+            for block in blocks {
+                state.counters.cached_bytes -= block.size;
+                state.counters.cached_count -= 1;
+                taken[index].push(block);
+            }
         }
         drop(states);
         for (shard, blocks) in shards.iter().zip(&taken) {

@@ -35,6 +35,32 @@ pub fn rounded_size(size: u64) -> u64 {
     size.div_ceil(granularity) * granularity
 }
 
+/// A dense index of a rounded size (as returned by [`rounded_size`]): consecutive classes
+/// have consecutive indices, so per-class tables can be plain vectors.
+///
+/// ```
+/// use gpuhal_hal::pool::size_class::{class_index, rounded_size};
+/// assert_eq!(class_index(512), 1);
+/// assert_eq!(class_index(rounded_size(65_537)), class_index(65_536) + 1);
+/// ```
+#[inline]
+pub fn class_index(rounded: u64) -> usize {
+    const SMALL_LIMIT: u64 = MIN_BLOCK * STEPS_PER_OCTAVE;
+    if rounded < SMALL_LIMIT {
+        (rounded / MIN_BLOCK) as usize
+    } else {
+        let octave = 63 - rounded.leading_zeros() as u64;
+        let step = (rounded - (1 << octave)) / ((1 << octave) / STEPS_PER_OCTAVE);
+        (STEPS_PER_OCTAVE + (octave - SMALL_LIMIT.trailing_zeros() as u64) * STEPS_PER_OCTAVE + step) as usize
+    }
+}
+
+/// The rounded size of the class after `rounded`.
+#[inline]
+pub fn next_class(rounded: u64) -> u64 {
+    rounded_size(rounded + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +77,11 @@ mod tests {
                     assert!((r - probe) as f64 / probe as f64 <= 1.0 / 128.0, "{probe} -> {r}");
                 }
                 assert_eq!(rounded_size(r), r, "rounding is not idempotent at {probe}");
+                assert_eq!(
+                    class_index(next_class(r)),
+                    class_index(r) + 1,
+                    "class indices skip after {r}"
+                );
             }
             size *= 2;
         }

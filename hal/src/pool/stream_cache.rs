@@ -2,9 +2,7 @@
 //! streams, and its counters. The hit path locks only this shard, so threads that each
 //! allocate on their own stream never contend.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -13,37 +11,58 @@ use super::allocator::PoolShared;
 use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
-use super::size_class::rounded_size;
+use super::size_class::class_index;
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
 /// Size classes above the requested one that an idle block may come from.
 pub(crate) const NEAR_FIT_STEPS: usize = 8;
 
-/// Free-list key: rounded size and kind packed into one integer.
-pub(crate) fn free_key(rounded: u64, kind: MemoryKind) -> u64 {
-    (rounded << 2) | kind.index() as u64
+/// Free lists indexed by `class_index * 3 + kind`, grown on demand.
+pub(crate) struct FreeLists {
+    lists: Vec<Vec<CachedBlock>>,
 }
 
-/// Keys are already well spread (sizes), so a multiplicative hash is enough and costs a
-/// fraction of SipHash on the hit path.
-#[derive(Default)]
-pub(crate) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Default for FreeLists {
+    fn default() -> Self {
+        FreeLists { lists: Vec::new() }
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+}
+
+impl FreeLists {
+    #[inline]
+    fn slot(class: usize, kind: MemoryKind) -> usize {
+        class * MemoryKind::ALL.len() + kind.index()
+    }
+
+    #[inline]
+    fn pop(&mut self, class: usize, kind: MemoryKind) -> Option<CachedBlock> {
+        self.lists.get_mut(Self::slot(class, kind))?.pop()
+    }
+
+    fn push(&mut self, cached: CachedBlock) {
+        let slot = Self::slot(class_index(cached.block.size), cached.block.kind);
+        if slot >= self.lists.len() {
+            self.lists.resize_with(slot + 1, Vec::new);
         }
+        self.lists[slot].push(cached);
     }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+
+    /// Every list, by slot; each list is ordered by return time, oldest first.
+    pub(crate) fn lists(&self) -> impl Iterator<Item = (usize, &Vec<CachedBlock>)> {
+        self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty())
+    }
+
+    /// Removes the `count` oldest blocks of a slot.
+    pub(crate) fn take_oldest(&mut self, slot: usize, count: usize) -> std::vec::Drain<'_, CachedBlock> {
+        let list = &mut self.lists[slot];
+        let count = count.min(list.len());
+        list.drain(..count)
+    }
+
+    pub(crate) fn drain_all(&mut self) -> impl Iterator<Item = CachedBlock> + '_ {
+        self.lists.iter_mut().flat_map(|l| l.drain(..))
     }
 }
-
-pub(crate) type FreeLists = HashMap<u64, Vec<CachedBlock>, BuildHasherDefault<KeyHasher>>;
 
 /// A block idle in a free list, stamped with when it was returned (for LRU release).
 pub(crate) struct CachedBlock {
@@ -60,6 +79,8 @@ pub(crate) struct PendingBlock<N: NativeMemory> {
 #[derive(Default)]
 pub(crate) struct ShardCounters {
     pub(crate) live_bytes: u64,
+    /// Live bytes in rounded (reserved) sizes, for the miss path's budget.
+    pub(crate) live_rounded: u64,
     pub(crate) live_count: u64,
     pub(crate) peak_live_bytes: u64,
     pub(crate) cached_bytes: u64,
@@ -70,6 +91,9 @@ pub(crate) struct ShardCounters {
 
 pub(crate) struct ShardState<N: NativeMemory> {
     pub(crate) free: FreeLists,
+    /// Set when the stream's cache is dropped: blocks returned afterwards go straight
+    /// back to the native API.
+    pub(crate) orphaned: bool,
     pub(crate) pending: Vec<PendingBlock<N>>,
     pub(crate) counters: ShardCounters,
     pub(crate) clock: u64,
@@ -82,8 +106,6 @@ pub struct Shard<N: NativeMemory> {
     pub(crate) stream: N::Stream,
     pub(crate) id: StreamId,
     pub(crate) state: Mutex<ShardState<N>>,
-    /// Rounded live bytes, readable without the lock by the miss path's budget check.
-    pub(crate) live_rounded: AtomicU64,
 }
 
 impl<N: NativeMemory> Shard<N> {
@@ -95,76 +117,89 @@ impl<N: NativeMemory> Shard<N> {
     /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
     /// than reserving more memory).
     #[inline]
-    pub(crate) fn take_cached(&self, rounded: u64, kind: MemoryKind, len: u64) -> Option<NativeBlock> {
+    pub(crate) fn take_cached(self: &Arc<Self>, rounded: u64, kind: MemoryKind, len: u64) -> Option<NativeBlock> {
+        let class = class_index(rounded);
         let mut state = self.state.lock();
-        let mut found = Self::pop_fit(&mut state, rounded, kind);
+        let mut found = Self::pop_fit(&mut state.free, class, kind);
         if found.is_none() && !state.pending.is_empty() {
             self.poll_pending(&mut state);
-            found = Self::pop_fit(&mut state, rounded, kind);
+            found = Self::pop_fit(&mut state.free, class, kind);
         }
         let block = found?.block;
         let c = &mut state.counters;
         c.hits += 1;
         c.cached_bytes -= block.size;
         c.cached_count -= 1;
-        Self::count_live(c, len, 1);
-        self.live_rounded.fetch_add(block.size, Ordering::Relaxed);
+        Self::count_live(c, len, block.size);
         drop(state);
         self.shared.note_idle_change(-(block.size as i64));
         Some(block)
     }
 
     #[inline]
-    fn pop_fit(state: &mut ShardState<N>, rounded: u64, kind: MemoryKind) -> Option<CachedBlock> {
-        if let Some(block) = state.free.get_mut(&free_key(rounded, kind)).and_then(Vec::pop) {
-            return Some(block);
-        }
-        let mut class = rounded;
-        for _ in 0..NEAR_FIT_STEPS {
-            class = rounded_size(class + 1);
-            if let Some(block) = state.free.get_mut(&free_key(class, kind)).and_then(Vec::pop) {
-                return Some(block);
-            }
-        }
-        None
+    fn pop_fit(free: &mut FreeLists, class: usize, kind: MemoryKind) -> Option<CachedBlock> {
+        (class..=class + NEAR_FIT_STEPS).find_map(|c| free.pop(c, kind))
     }
 
     /// Accounts a block just obtained from the native API.
     pub(crate) fn note_miss(&self, rounded: u64, len: u64) {
         let mut state = self.state.lock();
         state.counters.misses += 1;
-        Self::count_live(&mut state.counters, len, 1);
-        self.live_rounded.fetch_add(rounded, Ordering::Relaxed);
+        Self::count_live(&mut state.counters, len, rounded);
     }
 
-    fn count_live(c: &mut ShardCounters, len: u64, count: u64) {
+    fn count_live(c: &mut ShardCounters, len: u64, rounded: u64) {
         c.live_bytes += len;
-        c.live_count += count;
+        c.live_rounded += rounded;
+        c.live_count += 1;
         c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
     }
 
     /// A buffer was dropped: back to the free list, or to the pending list when other
     /// streams used it.
-    pub(crate) fn give_back(&self, block: NativeBlock, len: u64, uses: Vec<Arc<Shard<N>>>, trace_id: u64) {
+    pub(crate) fn give_back(self: &Arc<Self>, block: NativeBlock, len: u64, uses: Vec<Arc<Shard<N>>>, trace_id: u64) {
+        let this = self;
         if N::CHECKS_LIFETIMES {
-            self.shared.native.on_returned(&block, self.id);
+            this.shared.native.on_returned(&block, this.id);
         }
         if trace_id != 0 {
-            self.shared.trace_free(trace_id, len, self.id);
+            this.shared.trace_free(trace_id, len, this.id);
         }
-        let markers = self.record_markers(&uses);
-        let mut state = self.state.lock();
-        state.counters.live_bytes -= len;
-        state.counters.live_count -= 1;
-        self.live_rounded.fetch_sub(block.size, Ordering::Relaxed);
+        let markers = this.record_markers(&uses);
+        let mut state = this.state.lock();
+        let c = &mut state.counters;
+        c.live_bytes -= len;
+        c.live_rounded -= block.size;
+        c.live_count -= 1;
+        if state.orphaned {
+            drop(state);
+            this.release_orphaned(block, markers);
+            return;
+        }
         match markers {
             None => {
                 Self::push_free(&mut state, block);
                 drop(state);
-                self.shared.note_idle_change(block.size as i64);
-                self.shared.enforce_cache_limit();
+                this.shared.note_idle_change(block.size as i64);
+                this.shared.enforce_cache_limit();
             }
             Some(markers) => state.pending.push(PendingBlock { block, markers }),
+        }
+    }
+
+    /// Frees a block returned after the stream's cache was dropped, ordered after the
+    /// other streams' uses.
+    fn release_orphaned(&self, block: NativeBlock, markers: Option<Vec<N::Marker>>) {
+        let ordered = markers.is_none_or(|markers| {
+            !markers.is_empty()
+                && markers
+                    .iter()
+                    .all(|m| self.shared.native.wait_marker(&self.stream, m).is_ok())
+        });
+        if ordered {
+            self.shared.release_blocks(&[block], Some(&self.stream));
+        } else {
+            self.shared.note_failed_free();
         }
     }
 
@@ -191,17 +226,13 @@ impl<N: NativeMemory> Shard<N> {
     pub(crate) fn push_free(state: &mut ShardState<N>, block: NativeBlock) {
         state.clock += 1;
         let returned_at = state.clock;
-        state
-            .free
-            .entry(free_key(block.size, block.kind))
-            .or_default()
-            .push(CachedBlock { block, returned_at });
+        state.free.push(CachedBlock { block, returned_at });
         state.counters.cached_bytes += block.size;
         state.counters.cached_count += 1;
     }
 
     /// Moves pending blocks whose markers have all completed into the free lists.
-    pub(crate) fn poll_pending(&self, state: &mut ShardState<N>) {
+    pub(crate) fn poll_pending(self: &Arc<Self>, state: &mut ShardState<N>) {
         let native = &self.shared.native;
         let mut released = 0i64;
         let mut index = 0;
@@ -225,28 +256,25 @@ impl<N: NativeMemory> Shard<N> {
             self.shared.note_idle_change(released);
         }
     }
-}
 
-impl<N: NativeMemory> Drop for Shard<N> {
-    fn drop(&mut self) {
-        let state = self.state.get_mut();
-        let mut blocks: Vec<NativeBlock> = state.free.drain().flat_map(|(_, v)| v).map(|c| c.block).collect();
-        let idle: u64 = blocks.iter().map(|b| b.size).sum();
-        for pending in state.pending.drain(..) {
-            // Order the free after the other streams' last uses, on the device.
-            let ordered = !pending.markers.is_empty()
-                && pending
-                    .markers
-                    .iter()
-                    .all(|m| self.shared.native.wait_marker(&self.stream, m).is_ok());
-            if ordered {
-                blocks.push(pending.block);
-            } else {
-                self.shared.note_failed_free();
-            }
-        }
+    /// Releases everything idle or pending and marks the shard orphaned (the stream's
+    /// cache is gone, so nothing can reuse its blocks); buffers still live are freed when
+    /// they are dropped.
+    fn orphan(&self) {
+        let mut state = self.state.lock();
+        state.orphaned = true;
+        let cached: Vec<CachedBlock> = state.free.drain_all().collect();
+        let pending: Vec<PendingBlock<N>> = state.pending.drain(..).collect();
+        let idle: u64 = cached.iter().map(|c| c.block.size).sum();
+        state.counters.cached_bytes = 0;
+        state.counters.cached_count = 0;
+        drop(state);
+        let blocks: Vec<NativeBlock> = cached.iter().map(|c| c.block).collect();
         self.shared.note_idle_change(-(idle as i64));
         self.shared.release_blocks(&blocks, Some(&self.stream));
+        for p in pending {
+            self.release_orphaned(p.block, Some(p.markers));
+        }
     }
 }
 
@@ -312,5 +340,11 @@ impl<N: NativeMemory> StreamCache<N> {
     /// [`allocate`](super::CachingAllocator::allocate).
     pub fn allocate(&self, len: u64, kind: MemoryKind) -> crate::Result<Buffer<N>> {
         PoolShared::allocate(&self.base.shared, len, kind, self)
+    }
+}
+
+impl<N: NativeMemory> Drop for StreamCache<N> {
+    fn drop(&mut self) {
+        self.base.orphan();
     }
 }
