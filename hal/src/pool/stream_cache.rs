@@ -18,14 +18,9 @@ use crate::types::{DeviceId, MemoryKind, StreamId};
 pub(crate) const NEAR_FIT_STEPS: usize = 8;
 
 /// Free lists indexed by `class_index * 3 + kind`, grown on demand.
+#[derive(Default)]
 pub(crate) struct FreeLists {
     lists: Vec<Vec<CachedBlock>>,
-}
-
-impl Default for FreeLists {
-    fn default() -> Self {
-        FreeLists { lists: Vec::new() }
-    }
 }
 
 impl FreeLists {
