@@ -1,0 +1,55 @@
+//! How a mock device is opened: its profile, size and injected faults.
+
+use std::time::Duration;
+
+use gpuhal_hal::PoolConfig;
+
+use crate::profile::Profile;
+
+/// Configuration of a [`MockDevice`](crate::MockDevice).
+///
+/// ```
+/// use gpuhal_mock::{MockConfig, MockDevice, Profile};
+/// let device = MockDevice::open(MockConfig { profile: Profile::Coherent, ..Default::default() }).unwrap();
+/// # drop(device);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockConfig {
+    /// The machine the device imitates.
+    pub profile: Profile,
+    /// Total device memory in bytes. Native allocations of device (and managed) memory
+    /// beyond it fail as out of memory. Pages are committed lazily, so a large capacity
+    /// costs nothing until written.
+    pub capacity: u64,
+    /// Fail the Nth native allocation (1-based) with [`Error::Injected`](gpuhal_hal::Error::Injected).
+    pub fail_native_allocation: Option<u64>,
+    /// Slow streams: every operation sleeps this long before it runs.
+    pub stream_delay: Option<Duration>,
+    /// Ordinal reported in [`DeviceInfo`](gpuhal_hal::DeviceInfo).
+    pub ordinal: u32,
+    /// Configuration of the caching allocator.
+    pub pool: PoolConfig,
+    /// Check for unsynchronised cross-stream use of buffers (vector clocks on every
+    /// operation). Use-after-free, double-free and foreign-handle checks always run,
+    /// since they keep the mock itself memory-safe.
+    pub check_races: bool,
+}
+
+impl MockConfig {
+    /// The default capacity: 16 GiB.
+    pub const DEFAULT_CAPACITY: u64 = 16 << 30;
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            profile: Profile::default(),
+            capacity: Self::DEFAULT_CAPACITY,
+            fail_native_allocation: None,
+            stream_delay: None,
+            ordinal: 0,
+            pool: PoolConfig::default(),
+            check_races: true,
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The mock's "FFI edge": host memory standing in for device memory, and the raw byte
+//! operations stream workers run on it. Every `unsafe` block of the crate lives here.
+//!
+//! Safety rests on one invariant: a [`Target`] can only be built for a range that lies
+//! inside memory it keeps alive (a native allocation it holds an `Arc` to, or an
+//! imported host range whose import waits for the target's lease before it ends).
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use gpuhal_hal::{ImportPath, Location, ManagedRangeInfo, MemoryKind};
+use parking_lot::{Condvar, Mutex};
+
+/// Device addresses are aligned to this many bytes.
+pub(crate) const DEVICE_ALIGNMENT: usize = 256;
+
+/// A native allocation of the mock device: zeroed host memory.
+pub(crate) struct NativeAllocation {
+    /// Backend token (`Region::native`).
+    pub(crate) id: u64,
+    base: NonNull<u8>,
+    layout: Layout,
+    /// Offset of the aligned device address from `base`.
+    skew: usize,
+    /// Usable bytes from the aligned address.
+    pub(crate) size: u64,
+    pub(crate) kind: MemoryKind,
+    /// Made for a graph pool (no stream): replays may touch ranges whose buffers were
+    /// returned during capture.
+    pub(crate) graph_segment: bool,
+    /// Advice and prefetch state of managed memory.
+    pub(crate) managed: Mutex<ManagedRangeInfo>,
+}
+
+// SAFETY: the allocation is plain bytes owned by this value; the pointer is only
+// dereferenced through `Target`, whose ranges are bounds-checked, and freed once in Drop.
+unsafe impl Send for NativeAllocation {}
+// SAFETY: as above; shared access only reads the pointer value.
+unsafe impl Sync for NativeAllocation {}
+
+impl NativeAllocation {
+    /// Allocates `size` zeroed bytes aligned to [`DEVICE_ALIGNMENT`]; `None` when the host
+    /// cannot provide them.
+    ///
+    /// The host allocation asks for 16-byte alignment and is aligned up by hand: at that
+    /// alignment the system allocator uses `calloc`, whose large blocks are lazily zeroed
+    /// pages, so a multi-gigabyte device allocation commits nothing until it is written.
+    pub(crate) fn new(id: u64, size: u64, kind: MemoryKind, graph_segment: bool) -> Option<NativeAllocation> {
+        let usable = usize::try_from(size).ok().filter(|&s| s > 0)?;
+        let layout = Layout::from_size_align(usable.checked_add(DEVICE_ALIGNMENT)?, 16).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        let address = base.as_ptr() as usize;
+        let skew = address.next_multiple_of(DEVICE_ALIGNMENT) - address;
+        Some(NativeAllocation {
+            id,
+            base,
+            layout,
+            skew,
+            size,
+            kind,
+            graph_segment,
+            managed: Mutex::new(ManagedRangeInfo {
+                advice: gpuhal_hal::Advice::empty(),
+                last_prefetch: None,
+            }),
+        })
+    }
+
+    /// The device address of the first usable byte.
+    pub(crate) fn address(&self) -> u64 {
+        self.base.as_ptr() as u64 + self.skew as u64
+    }
+
+    fn start(&self) -> *mut u8 {
+        // SAFETY: `skew < DEVICE_ALIGNMENT`, and the layout reserved that many extra bytes.
+        unsafe { self.base.as_ptr().add(self.skew) }
+    }
+}
+
+impl Drop for NativeAllocation {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed(self.layout)` and is freed only here.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for NativeAllocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeAllocation")
+            .field("id", &self.id)
+            .field("address", &format_args!("{:#x}", self.address()))
+            .field("size", &self.size)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// Host memory made usable by the device through a coherent or registered import.
+pub(crate) struct ImportedHost {
+    /// Backend token (`Region::native`), tagged with [`IMPORT_TAG`](crate::checker::IMPORT_TAG).
+    pub(crate) token: u64,
+    start: *const u8,
+    pub(crate) len: u64,
+    pub(crate) path: ImportPath,
+    /// Where a coherent import was prefetched to.
+    pub(crate) prefetched: Option<Location>,
+    /// Operations enqueued on the range that have not run yet; the import's undo waits
+    /// for zero so the host memory outlives every device access.
+    in_flight: Mutex<usize>,
+    drained: Condvar,
+}
+
+// SAFETY: the pointer names host memory borrowed by a `HostImport` for its whole life;
+// it is read only through `Target`s, and the import waits for them before it ends.
+unsafe impl Send for ImportedHost {}
+// SAFETY: as above; shared access only reads the pointer value and the counter.
+unsafe impl Sync for ImportedHost {}
+
+impl ImportedHost {
+    pub(crate) fn new(token: u64, host: &[u8], path: ImportPath, prefetched: Option<Location>) -> ImportedHost {
+        ImportedHost {
+            token,
+            start: host.as_ptr(),
+            len: host.len() as u64,
+            path,
+            prefetched,
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
+        }
+    }
+
+    /// The device address of the first byte (the host address: the device reads it as is).
+    pub(crate) fn address(&self) -> u64 {
+        self.start as u64
+    }
+
+    /// Blocks until no enqueued operation reads the range any more.
+    pub(crate) fn wait_idle(&self) {
+        let mut count = self.in_flight.lock();
+        while *count > 0 {
+            self.drained.wait(&mut count);
+        }
+    }
+}
+
+/// Keeps an import's host memory borrowed while an operation on it is in flight.
+pub(crate) struct ImportLease(Arc<ImportedHost>);
+
+impl ImportLease {
+    pub(crate) fn new(import: Arc<ImportedHost>) -> ImportLease {
+        *import.in_flight.lock() += 1;
+        ImportLease(import)
+    }
+}
+
+impl Drop for ImportLease {
+    fn drop(&mut self) {
+        let mut count = self.0.in_flight.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.0.drained.notify_all();
+        }
+    }
+}
+
+enum Memory {
+    Native(Arc<NativeAllocation>),
+    /// Imported host memory: read-only for the device.
+    Host(ImportLease),
+}
+
+/// A bounds-checked byte range that an enqueued operation reads or writes, keeping its
+/// memory alive until the operation has run.
+pub(crate) struct Target {
+    memory: Memory,
+    offset: usize,
+    len: usize,
+}
+
+impl Target {
+    /// `len` bytes at `offset` into a native allocation; `None` if they do not fit.
+    pub(crate) fn native(allocation: Arc<NativeAllocation>, offset: u64, len: u64) -> Option<Target> {
+        if offset.checked_add(len)? > allocation.size {
+            return None;
+        }
+        Some(Target {
+            memory: Memory::Native(allocation),
+            offset: usize::try_from(offset).ok()?,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
+    /// `len` bytes at `offset` into imported host memory; `None` if they do not fit.
+    pub(crate) fn host(import: Arc<ImportedHost>, offset: u64, len: u64) -> Option<Target> {
+        if offset.checked_add(len)? > import.len {
+            return None;
+        }
+        Some(Target {
+            offset: usize::try_from(offset).ok()?,
+            len: usize::try_from(len).ok()?,
+            memory: Memory::Host(ImportLease::new(import)),
+        })
+    }
+
+    fn read_ptr(&self) -> *const u8 {
+        match &self.memory {
+            // SAFETY: `offset + len <= size` was checked when the target was built.
+            Memory::Native(allocation) => unsafe { allocation.start().add(self.offset) },
+            // SAFETY: `offset + len <= import.len` was checked when the target was built.
+            Memory::Host(lease) => unsafe { lease.0.start.add(self.offset) },
+        }
+    }
+
+    fn write_ptr(&self) -> Option<*mut u8> {
+        match &self.memory {
+            // SAFETY: `offset + len <= size` was checked when the target was built.
+            Memory::Native(allocation) => Some(unsafe { allocation.start().add(self.offset) }),
+            Memory::Host(_) => None,
+        }
+    }
+}
+
+/// Copies `src` into `dst` (ranges may overlap); the shorter length wins. Does nothing
+/// when `dst` is not writable (the enqueuing call refuses that case first).
+pub(crate) fn copy(src: &Target, dst: &Target) {
+    let Some(to) = dst.write_ptr() else { return };
+    let len = src.len.min(dst.len);
+    // SAFETY: both ranges are in bounds of live memory for `len` bytes (Target's
+    // invariant); `ptr::copy` allows overlap. Device memory is plain bytes: concurrent
+    // unsynchronised use is what the race checker reports before it is enqueued.
+    unsafe { std::ptr::copy(src.read_ptr(), to, len) }
+}
+
+/// Sets every byte of `dst` to `value`.
+pub(crate) fn fill(dst: &Target, value: u8) {
+    let Some(to) = dst.write_ptr() else { return };
+    // SAFETY: the range is in bounds of live memory (Target's invariant).
+    unsafe { std::ptr::write_bytes(to, value, dst.len) }
+}
+
+/// Copies host `data` into `dst`; the shorter length wins.
+pub(crate) fn write(dst: &Target, data: &[u8]) {
+    let Some(to) = dst.write_ptr() else { return };
+    let len = data.len().min(dst.len);
+    // SAFETY: the destination is in bounds of live memory (Target's invariant) and
+    // cannot overlap `data`, which the operation owns.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), to, len) }
+}
+
+/// The bytes of `src`.
+pub(crate) fn read(src: &Target) -> Vec<u8> {
+    let mut out = vec![0u8; src.len];
+    // SAFETY: the source is in bounds of live memory (Target's invariant) and cannot
+    // overlap `out`, freshly allocated here.
+    unsafe { std::ptr::copy_nonoverlapping(src.read_ptr(), out.as_mut_ptr(), src.len) }
+    out
+}

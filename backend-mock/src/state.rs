@@ -1,0 +1,218 @@
+//! What a mock device shares between its handles: memory accounting, fault injection,
+//! the checker, the event pool, policies and counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use gpuhal_hal::event_pool::EventPool;
+use gpuhal_hal::pool::NativeBlock;
+use gpuhal_hal::{Capabilities, DeviceId, Error, ImportStats, ManagedPolicy, MemoryKind, NativeError, Result};
+use parking_lot::Mutex;
+
+use crate::checker::{Checker, HOST};
+use crate::clock::VectorClock;
+use crate::config::MockConfig;
+use crate::event::MockEvents;
+use crate::fence::FenceState;
+use crate::profile::Profile;
+use crate::queue::{Action, MockQueue};
+use crate::raw::NativeAllocation;
+
+/// The symbolic name of the mock's out-of-memory native error.
+pub const OUT_OF_MEMORY: &str = "MOCK_ERROR_OUT_OF_MEMORY";
+
+pub(crate) struct DeviceState {
+    pub(crate) id: DeviceId,
+    pub(crate) profile: Profile,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) capacity: u64,
+    pub(crate) stream_delay: Option<Duration>,
+    /// Native bytes of device and managed memory held (pinned host memory is not device memory).
+    used: AtomicU64,
+    native_allocations: AtomicU64,
+    /// The native allocation call number (1-based, since open) that fails.
+    fail_at: Mutex<Option<u64>>,
+    next_native_id: AtomicU64,
+    pub(crate) checker: Mutex<Checker>,
+    pub(crate) events: EventPool<MockEvents>,
+    pub(crate) managed_policy: Mutex<ManagedPolicy>,
+    pub(crate) import_stats: Mutex<ImportStats>,
+    streams: Mutex<Vec<Weak<MockQueue>>>,
+}
+
+impl DeviceState {
+    pub(crate) fn new(config: &MockConfig) -> DeviceState {
+        DeviceState {
+            id: DeviceId::fresh(),
+            profile: config.profile,
+            capabilities: config.profile.capabilities(),
+            capacity: config.capacity,
+            stream_delay: config.stream_delay,
+            used: AtomicU64::new(0),
+            native_allocations: AtomicU64::new(0),
+            fail_at: Mutex::new(config.fail_native_allocation),
+            next_native_id: AtomicU64::new(1),
+            checker: Mutex::new(Checker::new(config.check_races)),
+            events: EventPool::new(MockEvents),
+            managed_policy: Mutex::new(ManagedPolicy::default()),
+            import_stats: Mutex::new(ImportStats::default()),
+            streams: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Native bytes of device memory in use.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Makes the `nth` native allocation from now (1 = the next one) fail.
+    pub(crate) fn inject_failure(&self, nth: u64) {
+        let made = self.native_allocations.load(Ordering::Relaxed);
+        *self.fail_at.lock() = Some(made + nth.max(1));
+    }
+
+    fn out_of_memory(&self, call: &'static str, context: String) -> Error {
+        Error::native(
+            context,
+            NativeError {
+                call,
+                code: 2,
+                name: OUT_OF_MEMORY.into(),
+            },
+        )
+    }
+
+    /// A native allocation of `size` bytes of `kind`. `graph_segment` marks memory made
+    /// for a graph pool.
+    pub(crate) fn allocate_native(&self, size: u64, kind: MemoryKind, graph_segment: bool) -> Result<NativeBlock> {
+        let needed = kind.required_capability();
+        if !self.capabilities.contains(needed) {
+            return Err(Error::Unsupported {
+                operation: "native allocate",
+                needed,
+            });
+        }
+        if size == 0 {
+            return Err(Error::invalid("native allocate", "zero-size native allocation"));
+        }
+        let call = self.native_allocations.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut fail_at = self.fail_at.lock();
+            if *fail_at == Some(call) {
+                *fail_at = None;
+                return Err(Error::Injected(format!(
+                    "native allocation #{call} ({size} bytes of {kind:?} memory) failed as configured"
+                )));
+            }
+        }
+        let policy = *self.managed_policy.lock();
+        let counted = kind != MemoryKind::HostPinned;
+        if counted {
+            let oversubscribe = kind == MemoryKind::Managed && policy.allow_oversubscription;
+            self.reserve(size, kind, oversubscribe)?;
+        }
+        let id = self.next_native_id.fetch_add(1, Ordering::Relaxed);
+        let Some(allocation) = NativeAllocation::new(id, size, kind, graph_segment) else {
+            if counted {
+                self.used.fetch_sub(size, Ordering::Relaxed);
+            }
+            return Err(self.out_of_memory(
+                "mock allocate",
+                format!("the host could not provide {size} bytes for the mock device"),
+            ));
+        };
+        if kind == MemoryKind::Managed {
+            let mut managed = allocation.managed.lock();
+            if self.capabilities.contains(Capabilities::MANAGED_ADVICE) {
+                managed.advice = policy.advice;
+            }
+            if policy.should_prefetch(size) {
+                managed.last_prefetch = Some(gpuhal_hal::Location::Device);
+            }
+        }
+        let block = NativeBlock {
+            address: allocation.address(),
+            size,
+            kind,
+            native: id,
+            native_offset: 0,
+        };
+        self.checker.lock().native_allocated(Arc::new(allocation));
+        Ok(block)
+    }
+
+    /// Counts `size` bytes against the capacity, or says why they do not fit.
+    fn reserve(&self, size: u64, kind: MemoryKind, oversubscribe: bool) -> Result<()> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let free = self.capacity.saturating_sub(used);
+            if size > free && !oversubscribe {
+                let context = if kind == MemoryKind::Managed {
+                    format!(
+                        "managed allocation of {size} bytes exceeds the {free} bytes of free device memory, \
+                         and the managed policy does not allow oversubscription"
+                    )
+                } else {
+                    format!(
+                        "allocating {size} bytes of {kind:?} memory with {free} of {} bytes free",
+                        self.capacity
+                    )
+                };
+                return Err(self.out_of_memory("mock allocate", context));
+            }
+            match self
+                .used
+                .compare_exchange_weak(used, used.saturating_add(size), Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Frees a native block, ordered on `stream` when given: the memory goes once the
+    /// stream has run everything enqueued before the free.
+    pub(crate) fn free_native(&self, block: &NativeBlock, stream: Option<&Arc<MockQueue>>) -> Result<()> {
+        let allocation = self.checker.lock().native_freed(block)?;
+        if allocation.kind != MemoryKind::HostPinned {
+            self.used.fetch_sub(allocation.size, Ordering::Relaxed);
+        }
+        if let Some(queue) = stream {
+            // If the worker is gone nothing can still use the memory: dropping it here is the free.
+            let _ = queue.push(Action::Free {
+                _allocation: allocation,
+            });
+        }
+        Ok(())
+    }
+
+    /// Native allocation calls made so far (failed ones included).
+    pub(crate) fn native_allocation_calls(&self) -> u64 {
+        self.native_allocations.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_stream(&self, queue: &Arc<MockQueue>) {
+        let mut streams = self.streams.lock();
+        streams.retain(|q| q.strong_count() > 0);
+        streams.push(Arc::downgrade(queue));
+    }
+
+    pub(crate) fn live_queues(&self) -> Vec<Arc<MockQueue>> {
+        self.streams.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The host has now seen everything `seen` covers (it waited for it).
+    pub(crate) fn host_joins(&self, seen: &VectorClock) {
+        self.checker.lock().join(HOST, seen);
+    }
+
+    /// A signal of `fence` to `value` from the host: checks regression and remembers the
+    /// host's clock for stream waits.
+    pub(crate) fn host_signals(&self, fence: &FenceState, value: u64) -> Result<()> {
+        let checker = self.checker.lock();
+        fence.claim(value)?;
+        fence.note_signal(value, checker.clock(HOST));
+        Ok(())
+    }
+}
