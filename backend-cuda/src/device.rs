@@ -1,0 +1,323 @@
+//! The device: its primary context, capabilities read from device attributes, and the
+//! per-device allocator, event pool, managed policy and host import counters.
+
+use std::sync::Arc;
+
+use gpuhal_hal::{
+    check_device, Advice, AsRegion, CachingAllocator, Capabilities, DeviceId, DeviceInfo, Error, EventStats,
+    HostImport, ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, PoolConfig, Region,
+    Result,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::context::Context;
+use crate::error::Context as _;
+use crate::event::{CudaEvent, CudaEventPool, CudaEvents};
+use crate::fence::CudaFence;
+use crate::memory::CudaMemory;
+use crate::raw::{self, CUcontext, CUdevice_attribute as A};
+use crate::stream::CudaStream;
+use crate::CudaBackend;
+
+/// Device attributes behind the capabilities, as read at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAttributes {
+    /// `CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY`.
+    pub managed_memory: bool,
+    /// `CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS`.
+    pub concurrent_managed_access: bool,
+    /// `CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS` (HMM or a coherent platform).
+    pub pageable_memory_access: bool,
+    /// `CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES` (ATS, coherent).
+    pub pageable_uses_host_page_tables: bool,
+    /// `CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED`.
+    pub host_register: bool,
+    /// `CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`.
+    pub read_only_host_register: bool,
+    /// `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED`.
+    pub memory_pools: bool,
+    /// `CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS`.
+    pub stream_mem_ops_64: bool,
+    /// `CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY`.
+    pub can_map_host_memory: bool,
+    /// `CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING`.
+    pub unified_addressing: bool,
+}
+
+impl DeviceAttributes {
+    fn read(ctx: &Context) -> Result<Self> {
+        let get = |attribute: A, what: &str| -> Result<bool> {
+            raw::device_attribute(ctx.device(), attribute)
+                .map(|v| v != 0)
+                .context(|| format!("reading attribute {what} of CUDA device {}", ctx.ordinal()))
+        };
+        Ok(DeviceAttributes {
+            managed_memory: get(A::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, "MANAGED_MEMORY")?,
+            concurrent_managed_access: get(
+                A::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS,
+                "CONCURRENT_MANAGED_ACCESS",
+            )?,
+            pageable_memory_access: get(A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, "PAGEABLE_MEMORY_ACCESS")?,
+            pageable_uses_host_page_tables: get(
+                A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
+                "PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES",
+            )?,
+            host_register: get(
+                A::CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+                "HOST_REGISTER_SUPPORTED",
+            )?,
+            read_only_host_register: get(
+                A::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED,
+                "READ_ONLY_HOST_REGISTER_SUPPORTED",
+            )?,
+            memory_pools: get(A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, "MEMORY_POOLS_SUPPORTED")?,
+            stream_mem_ops_64: get(
+                A::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS,
+                "CAN_USE_64_BIT_STREAM_MEM_OPS",
+            )?,
+            can_map_host_memory: get(A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY, "CAN_MAP_HOST_MEMORY")?,
+            unified_addressing: get(A::CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, "UNIFIED_ADDRESSING")?,
+        })
+    }
+
+    /// The capabilities these attributes give.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::GRAPHS | Capabilities::TIMING_EVENTS;
+        let mut set = |flag: Capabilities, on: bool| caps.set(flag, on);
+        set(Capabilities::MANAGED, self.managed_memory);
+        set(Capabilities::CONCURRENT_MANAGED, self.concurrent_managed_access);
+        set(
+            Capabilities::MANAGED_ADVICE,
+            self.managed_memory && self.concurrent_managed_access,
+        );
+        set(Capabilities::PAGEABLE_ACCESS, self.pageable_memory_access);
+        set(
+            Capabilities::HOST_REGISTER,
+            self.host_register && self.can_map_host_memory && self.unified_addressing,
+        );
+        set(Capabilities::STREAM_ORDERED_ALLOC, self.memory_pools);
+        set(Capabilities::GRAPH_MEM_NODES, self.memory_pools);
+        set(
+            Capabilities::HOST_PINNED,
+            self.can_map_host_memory && self.unified_addressing,
+        );
+        set(
+            Capabilities::TIMELINE_FENCE,
+            self.stream_mem_ops_64 && self.can_map_host_memory,
+        );
+        caps
+    }
+}
+
+/// An opened CUDA device.
+pub struct CudaDevice {
+    ctx: Arc<Context>,
+    info: DeviceInfo,
+    attributes: DeviceAttributes,
+    caps: Capabilities,
+    events: CudaEventPool,
+    policy: Arc<RwLock<ManagedPolicy>>,
+    imports: Mutex<ImportStats>,
+    allocator: CachingAllocator<CudaMemory>,
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` with the default pool configuration.
+    ///
+    /// With no CUDA driver installed this is an error saying so, not a panic.
+    pub fn open(ordinal: u32) -> Result<CudaDevice> {
+        Self::open_with(ordinal, PoolConfig::default())
+    }
+
+    /// Opens device `ordinal` with `config` for its caching allocator.
+    pub fn open_with(ordinal: u32, config: PoolConfig) -> Result<CudaDevice> {
+        let ctx = Context::retain(ordinal)?;
+        let attributes = DeviceAttributes::read(&ctx)?;
+        let caps = attributes.capabilities();
+        let name = raw::device_name(ctx.device()).context(|| format!("reading the name of CUDA device {ordinal}"))?;
+        let total_memory = raw::device_total_mem(ctx.device())
+            .context(|| format!("reading the memory size of CUDA device {ordinal}"))?;
+        let id = DeviceId::fresh();
+        let events = CudaEventPool::new(CudaEvents::new(ctx.clone()));
+        let policy = Arc::new(RwLock::new(ManagedPolicy::default()));
+        let memory = CudaMemory::new(
+            ctx.clone(),
+            id,
+            attributes.memory_pools,
+            events.clone(),
+            policy.clone(),
+            caps.contains(Capabilities::MANAGED_ADVICE),
+        )?;
+        Ok(CudaDevice {
+            info: DeviceInfo {
+                id,
+                backend: "cuda",
+                ordinal,
+                name,
+                total_memory,
+            },
+            attributes,
+            caps,
+            events,
+            policy,
+            imports: Mutex::new(ImportStats::default()),
+            allocator: CachingAllocator::with_config(memory, config),
+            ctx,
+        })
+    }
+
+    /// The device attributes the capabilities were derived from.
+    pub fn attributes(&self) -> DeviceAttributes {
+        self.attributes
+    }
+
+    /// The primary context, for frameworks that call the driver themselves.
+    pub fn raw_context(&self) -> CUcontext {
+        self.ctx.raw()
+    }
+
+    /// The ordinal the device was opened with.
+    pub fn ordinal(&self) -> u32 {
+        self.ctx.ordinal()
+    }
+
+    /// Makes the device's context current on the calling thread (done by every gpuhal
+    /// call; useful before calling the driver directly).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind()
+    }
+
+    /// Trims the event pool: destroys idle native events, returns how many.
+    pub fn trim_events(&self) -> u64 {
+        self.events.trim()
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub(crate) fn id_inner(&self) -> DeviceId {
+        self.info.id
+    }
+
+    pub(crate) fn capabilities_inner(&self) -> Capabilities {
+        self.caps
+    }
+
+    pub(crate) fn memory(&self) -> &CudaMemory {
+        self.allocator.native()
+    }
+
+    pub(crate) fn read_only_register(&self) -> bool {
+        self.attributes.read_only_host_register
+    }
+
+    /// The managed range `region` names, checked for this device and kind.
+    fn managed_region(&self, operation: &'static str, region: &dyn AsRegion) -> Result<Region> {
+        if !self.caps.contains(Capabilities::MANAGED_ADVICE) {
+            return Err(Error::Unsupported {
+                operation,
+                needed: Capabilities::MANAGED_ADVICE,
+            });
+        }
+        let region = region.region();
+        check_device(operation, "buffer", self.info.id, region.device)?;
+        if region.kind != MemoryKind::Managed {
+            return Err(Error::invalid(
+                operation,
+                format!(
+                    "{} bytes at {:#x} are {:?} memory; advice and prefetch apply to managed memory",
+                    region.len, region.address, region.kind
+                ),
+            ));
+        }
+        self.ctx.bind()?;
+        Ok(region)
+    }
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("info", &self.info)
+            .field("capabilities", &self.caps)
+            .finish()
+    }
+}
+
+impl gpuhal_hal::Device<CudaBackend> for CudaDevice {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn allocator(&self) -> &CachingAllocator<CudaMemory> {
+        &self.allocator
+    }
+
+    fn create_stream(&self) -> Result<CudaStream> {
+        CudaStream::new(
+            &self.ctx,
+            &self.allocator,
+            self.info.id,
+            self.caps.contains(Capabilities::TIMELINE_FENCE),
+        )
+    }
+
+    fn event(&self, timing: bool) -> Result<CudaEvent> {
+        Ok(CudaEvent::new(self.events.acquire(timing)?, self.info.id))
+    }
+
+    fn event_stats(&self) -> EventStats {
+        self.events.stats()
+    }
+
+    fn create_fence(&self, initial: u64) -> Result<CudaFence> {
+        CudaFence::new(&self.ctx, self.info.id, initial)
+    }
+
+    fn managed_policy(&self) -> ManagedPolicy {
+        *self.policy.read()
+    }
+
+    fn set_managed_policy(&self, policy: ManagedPolicy) {
+        *self.policy.write() = policy;
+    }
+
+    fn advise(&self, region: &dyn AsRegion, advice: Advice) -> Result<()> {
+        let region = self.managed_region("advise", region)?;
+        self.memory().apply_advice(region.address, region.len, advice)
+    }
+
+    fn prefetch(&self, region: &dyn AsRegion, to: Location, stream: &CudaStream) -> Result<()> {
+        check_device("prefetch", "stream", self.info.id, stream.device_id_inner())?;
+        let region = self.managed_region("prefetch", region)?;
+        self.memory().prefetch(region.address, region.len, to, stream.handle())
+    }
+
+    fn managed_range_info(&self, region: &dyn AsRegion) -> Result<ManagedRangeInfo> {
+        let region = self.managed_region("managed_range_info", region)?;
+        self.memory().range_info(region.address, region.len)
+    }
+
+    fn import_host<'a>(&self, host: &'a [u8], policy: ImportPolicy, stream: &CudaStream) -> Result<HostImport<'a>> {
+        crate::host_import::import_host(self, host, policy, stream, &self.imports)
+    }
+
+    fn import_stats(&self) -> ImportStats {
+        self.imports.lock().clone()
+    }
+
+    fn memory_info(&self) -> Result<(u64, u64)> {
+        self.ctx.bind()?;
+        raw::mem_get_info().context(|| format!("reading free memory of CUDA device {}", self.ordinal()))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.bind()?;
+        raw::ctx_synchronize().context(|| format!("synchronising CUDA device {}", self.ordinal()))
+    }
+}

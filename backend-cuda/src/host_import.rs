@@ -1,0 +1,165 @@
+//! Host import: making existing host memory (an mmap'd model file) usable by the device
+//! by the cheapest path the platform and the policy allow, and saying which was taken.
+//!
+//! 1. `Coherent`: the device reads pageable host memory directly (HMM, or a coherent
+//!    platform such as Grace Hopper / Grace Blackwell); the device address is the host
+//!    address. Optionally prefetched towards the device.
+//! 2. `Registered`: `cuMemHostRegister` page-locks and maps the enclosing page-aligned
+//!    range (read-only where the device supports it); undone when the import drops.
+//! 3. `Copied`: a device copy, only when the policy allows it. On platforms where
+//!    registration returns `CUDA_ERROR_NOT_SUPPORTED` a silent copy duplicated whole
+//!    models; here a refused copy is an [`Error::ImportRefused`] that lists every path
+//!    tried and what each returned.
+
+use std::sync::Arc;
+
+use gpuhal_hal::{
+    check_device, Capabilities, Error, HostImport, ImportPath, ImportPolicy, ImportStats, Location, MemoryKind, Region,
+    Result, Stream as _,
+};
+use parking_lot::Mutex;
+
+use crate::context::Context;
+use crate::device::CudaDevice;
+use crate::raw;
+use crate::stream::CudaStream;
+
+/// Undoes a registration when the import drops.
+struct Registration {
+    ctx: Arc<Context>,
+    base: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            let _ = raw::mem_host_unregister(self.base);
+        }
+    }
+}
+
+/// Imports `host` for `device`; see the module documentation for the order of paths.
+pub(crate) fn import_host<'a>(
+    device: &CudaDevice,
+    host: &'a [u8],
+    policy: ImportPolicy,
+    stream: &CudaStream,
+    stats: &Mutex<ImportStats>,
+) -> Result<HostImport<'a>> {
+    check_device("import_host", "stream", device.id_inner(), stream.device_id_inner())?;
+    let len = host.len() as u64;
+    let start = host.as_ptr() as u64;
+    let caps = device.capabilities_inner();
+    let region = |address: u64, kind: MemoryKind| Region {
+        device: device.id_inner(),
+        address,
+        len,
+        native: 0,
+        native_offset: 0,
+        kind,
+    };
+    if len == 0 {
+        if !(policy.allow_coherent || policy.allow_registered || policy.allow_copy) {
+            stats.lock().refused += 1;
+            return Err(Error::ImportRefused {
+                len,
+                reason: "the policy allows no path".into(),
+            });
+        }
+        return Ok(HostImport::new(
+            region(0, MemoryKind::HostPinned),
+            ImportPath::Coherent,
+            Box::new(()),
+        ));
+    }
+    device.bind()?;
+    let mut tried: Vec<String> = Vec::new();
+
+    if !policy.allow_coherent {
+        tried.push("coherent: not allowed by the policy".into());
+    } else if !caps.contains(Capabilities::PAGEABLE_ACCESS) {
+        tried.push("coherent: the device cannot read pageable host memory (PAGEABLE_MEMORY_ACCESS is 0)".into());
+    } else {
+        if policy.prefetch_coherent {
+            // A prefetch only moves pages early; the import is valid without it.
+            let _ = device.memory().prefetch(start, len, Location::Device, stream.handle());
+        }
+        stats.lock().coherent += 1;
+        return Ok(HostImport::new(
+            region(start, MemoryKind::Managed),
+            ImportPath::Coherent,
+            Box::new(()),
+        ));
+    }
+
+    if !policy.allow_registered {
+        tried.push("registered: not allowed by the policy".into());
+    } else if !caps.contains(Capabilities::HOST_REGISTER) {
+        tried.push("registered: the device reports no host register support (HOST_REGISTER_SUPPORTED is 0)".into());
+    } else {
+        let page = raw::page_size();
+        let base = start & !(page - 1);
+        let end = (start + len).div_ceil(page) * page;
+        let mut flags =
+            cudarc::driver::sys::CU_MEMHOSTREGISTER_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE;
+        if device.read_only_register() {
+            flags |= cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY;
+        }
+        match raw::mem_host_register(base, end - base, flags) {
+            Err(native) => tried.push(format!(
+                "registered: {} of {} bytes at {base:#x} (the page-aligned range around the data) returned {} ({})",
+                native.call,
+                end - base,
+                native.name,
+                native.code
+            )),
+            Ok(()) => {
+                let undo = Registration {
+                    ctx: device.ctx().clone(),
+                    base,
+                };
+                match raw::mem_host_get_device_pointer(base) {
+                    Ok(mapped) => {
+                        stats.lock().registered += 1;
+                        return Ok(HostImport::new(
+                            region(mapped + (start - base), MemoryKind::HostPinned),
+                            ImportPath::Registered,
+                            Box::new(undo),
+                        ));
+                    }
+                    Err(native) => tried.push(format!(
+                        "registered: registration succeeded but {} returned {} ({})",
+                        native.call, native.name, native.code
+                    )),
+                }
+            }
+        }
+    }
+
+    if policy.allow_copy {
+        let buffer = gpuhal_hal::Device::allocate(device, len, MemoryKind::Device, stream)?;
+        stream.write(&buffer, 0, host)?;
+        let address = buffer.address();
+        {
+            let mut stats = stats.lock();
+            stats.copied += 1;
+            stats.copied_bytes += len;
+        }
+        return Ok(HostImport::new(
+            Region {
+                native: gpuhal_hal::AsRegion::region(&buffer).native,
+                ..region(address, MemoryKind::Device)
+            },
+            ImportPath::Copied,
+            Box::new(buffer),
+        ));
+    }
+    tried.push(format!(
+        "copy: not allowed by the policy (ImportPolicy::allow_copy is false; it would duplicate all {len} bytes on the device)"
+    ));
+    stats.lock().refused += 1;
+    Err(Error::ImportRefused {
+        len,
+        reason: format!("paths tried on device {}: {}", device.ordinal(), tried.join("; ")),
+    })
+}

@@ -1,0 +1,529 @@
+//! Tests on a real GPU.
+//!
+//! With no CUDA driver each test prints "skipped: no CUDA driver found" and returns, so
+//! `cargo test` stays green on machines without a GPU. Set `GPUHAL_REQUIRE_GPU=1` on a
+//! GPU host: a missing driver then fails every test instead of skipping it, so a run there
+//! can never pass vacuously.
+
+use std::time::{Duration, Instant};
+
+use gpuhal_cuda::{driver_available, CudaBackend, CudaDevice};
+use gpuhal_hal::{
+    Advice, AsRegion, Capabilities, Device, Error, Event, Fence, Graph, GraphExec, ImportPath, ImportPolicy, Location,
+    ManagedPolicy, MemoryKind, Stream,
+};
+
+/// The device under test, or `None` (after saying so) when the test must be skipped.
+fn device() -> Option<CudaDevice> {
+    let required = std::env::var("GPUHAL_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    if !driver_available() {
+        if required {
+            panic!(
+                "GPUHAL_REQUIRE_GPU=1 but no CUDA driver was found: {:?}",
+                CudaDevice::open(0).err()
+            );
+        }
+        eprintln!("skipped: no CUDA driver found");
+        return None;
+    }
+    Some(CudaDevice::open(0).expect("opening CUDA device 0"))
+}
+
+macro_rules! gpu {
+    () => {
+        match device() {
+            Some(device) => device,
+            None => return,
+        }
+    };
+}
+
+#[test]
+fn open_without_driver_is_an_error_not_a_panic() {
+    match CudaDevice::open(0) {
+        Ok(device) => {
+            assert!(driver_available());
+            eprintln!("driver present: {:?}", device.info());
+        }
+        Err(err) => {
+            assert!(!driver_available());
+            let text = err.to_string();
+            assert!(text.contains("CUDA driver"), "unclear error: {text}");
+            eprintln!("no driver, as reported: {text}");
+        }
+    }
+}
+
+#[test]
+fn gpu_device_reports_capabilities_from_attributes() {
+    let device = gpu!();
+    let caps = device.capabilities();
+    eprintln!(
+        "{:?}\ndriver {:?}\n{:?}\n{caps:?}",
+        device.info(),
+        gpuhal_cuda::driver_version(),
+        device.attributes()
+    );
+    assert_eq!(device.info().backend, "cuda");
+    assert!(caps.contains(Capabilities::GRAPHS));
+    let (free, total) = device.memory_info().unwrap();
+    assert!(free > 0 && free <= total && total == device.info().total_memory);
+    assert!(CudaDevice::open(1000).is_err());
+}
+
+#[test]
+fn gpu_device_memory_round_trip_and_caching() {
+    let device = gpu!();
+    let stream = device.create_stream().unwrap();
+    for &len in &[1u64, 255, 4096, 1 << 20, (3 << 20) + 17] {
+        let a = device.allocate(len, MemoryKind::Device, &stream).unwrap();
+        let b = device.allocate(len, MemoryKind::Device, &stream).unwrap();
+        assert_eq!(a.address() % 256, 0);
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        stream.write(&a, 0, &data).unwrap();
+        stream.copy(&a, 0, &b, 0, len).unwrap();
+        let mut out = vec![0u8; len as usize];
+        stream.read(&b, 0, &mut out).unwrap();
+        assert_eq!(out, data, "round trip of {len} bytes");
+        stream.fill(&b, 0, len, 0xAB).unwrap();
+        stream.read(&b, 0, &mut out).unwrap();
+        assert!(out.iter().all(|&x| x == 0xAB));
+    }
+    let before = device.memory_stats();
+    for _ in 0..100 {
+        let a = device.allocate(1 << 20, MemoryKind::Device, &stream).unwrap();
+        drop(a);
+    }
+    let after = device.memory_stats();
+    assert_eq!(
+        after.native_allocations, before.native_allocations,
+        "the hit path called the driver"
+    );
+    assert!(after.cache_hits >= before.cache_hits + 100);
+    // Zero-size buffers and bounds.
+    let empty = device.allocate(0, MemoryKind::Device, &stream).unwrap();
+    assert_eq!(empty.address(), 0);
+    let small = device.allocate(16, MemoryKind::Device, &stream).unwrap();
+    assert!(matches!(
+        stream.write(&small, 8, &[0; 16]),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(device.allocator().trim() > 0);
+}
+
+#[test]
+fn gpu_out_of_memory_is_an_error_with_stats() {
+    let device = gpu!();
+    let stream = device.create_stream().unwrap();
+    let huge = device.info().total_memory * 4;
+    match device.allocate(huge, MemoryKind::Device, &stream) {
+        Err(err @ Error::OutOfMemory { .. }) => eprintln!("as expected: {err}"),
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert!(device.memory_stats().oom_retries >= 1);
+    // Still usable.
+    let b = device.allocate(4096, MemoryKind::Device, &stream).unwrap();
+    stream.fill(&b, 0, 4096, 1).unwrap();
+    stream.synchronize().unwrap();
+}
+
+#[test]
+fn gpu_pinned_and_managed_memory() {
+    let device = gpu!();
+    let stream = device.create_stream().unwrap();
+    let pinned = device.allocate(1 << 16, MemoryKind::HostPinned, &stream).unwrap();
+    stream.fill(&pinned, 0, 1 << 16, 9).unwrap();
+    let mut out = vec![0u8; 1 << 16];
+    stream.read(&pinned, 0, &mut out).unwrap();
+    assert!(out.iter().all(|&x| x == 9));
+
+    if !device.capabilities().contains(Capabilities::MANAGED_ADVICE) {
+        eprintln!("skipped managed part: no MANAGED_ADVICE");
+        return;
+    }
+    // Default policy: prefer device, accessed by host, prefetched (small).
+    let managed = device.allocate(4 << 20, MemoryKind::Managed, &stream).unwrap();
+    stream.synchronize().unwrap();
+    let info = device.managed_range_info(&managed).unwrap();
+    eprintln!("default policy: {info:?}");
+    assert!(info.advice.contains(Advice::PREFER_DEVICE | Advice::ACCESSED_BY_HOST));
+    assert_eq!(info.last_prefetch, Some(Location::Device));
+    stream.fill(&managed, 0, 4 << 20, 5).unwrap();
+    let mut out = vec![0u8; 4 << 20];
+    stream.read(&managed, 100, &mut out[..1000]).unwrap();
+    assert!(out[..1000].iter().all(|&x| x == 5));
+
+    // No prefetch under a zero threshold; advice on demand.
+    device.set_managed_policy(ManagedPolicy {
+        prefetch_below: 0,
+        ..ManagedPolicy::default()
+    });
+    let lazy = device.allocate(8 << 20, MemoryKind::Managed, &stream).unwrap();
+    assert_eq!(device.managed_range_info(&lazy).unwrap().last_prefetch, None);
+    device
+        .advise(&lazy, Advice::READ_MOSTLY | Advice::ACCESSED_BY_DEVICE)
+        .unwrap();
+    device.prefetch(&lazy, Location::Host, &stream).unwrap();
+    stream.synchronize().unwrap();
+    let info = device.managed_range_info(&lazy).unwrap();
+    eprintln!("after advise + prefetch to host: {info:?}");
+    assert!(info.advice.contains(Advice::READ_MOSTLY | Advice::ACCESSED_BY_DEVICE));
+    assert_eq!(info.last_prefetch, Some(Location::Host));
+    let device_buffer = device.allocate(64, MemoryKind::Device, &stream).unwrap();
+    assert!(matches!(
+        device.advise(&device_buffer, Advice::READ_MOSTLY),
+        Err(Error::InvalidArgument { .. })
+    ));
+
+    // The oversubscription guard refuses before the driver is asked.
+    let (free, _) = device.memory_info().unwrap();
+    let err = device
+        .allocate(free + (1 << 30), MemoryKind::Managed, &stream)
+        .unwrap_err();
+    eprintln!("oversubscription guard: {err}");
+    assert!(err.to_string().contains("free"), "{err}");
+    device.set_managed_policy(ManagedPolicy::default());
+}
+
+#[test]
+fn gpu_events_pool_and_order_streams() {
+    let device = gpu!();
+    let a = device.create_stream().unwrap();
+    let b = device.create_stream().unwrap();
+    let buffer = device.allocate(1 << 20, MemoryKind::Device, &a).unwrap();
+    let out = device.allocate(1 << 20, MemoryKind::Device, &b).unwrap();
+    // Warm up, then a loop that records and waits creates no native events.
+    for _ in 0..4 {
+        let e = device.event(false).unwrap();
+        e.record(&a).unwrap();
+        b.wait_event(&e).unwrap();
+    }
+    let created = device.event_stats().native_created;
+    for i in 0..200u32 {
+        a.fill(&buffer, 0, 1 << 20, i as u8).unwrap();
+        let e = device.event(false).unwrap();
+        e.record(&a).unwrap();
+        b.wait_event(&e).unwrap();
+        buffer.record_use(b.cache());
+        b.copy(&buffer, 0, &out, 0, 1 << 20).unwrap();
+    }
+    assert_eq!(
+        device.event_stats().native_created,
+        created,
+        "steady state created events"
+    );
+    let mut host = vec![0u8; 1 << 20];
+    b.read(&out, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 199));
+
+    let never = device.event(false).unwrap();
+    assert!(never.is_complete().unwrap());
+    never.synchronize().unwrap();
+
+    let start = device.event(true).unwrap();
+    let end = device.event(true).unwrap();
+    start.record(&a).unwrap();
+    for _ in 0..10 {
+        a.fill(&buffer, 0, 1 << 20, 1).unwrap();
+    }
+    end.record(&a).unwrap();
+    end.synchronize().unwrap();
+    assert!(end.is_complete().unwrap());
+    let elapsed = start.elapsed(&end).unwrap();
+    eprintln!("10 fills of 1 MiB: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(1));
+    assert!(never.elapsed(&end).is_err());
+}
+
+#[test]
+fn gpu_fences_are_timelines() {
+    let device = gpu!();
+    let fence = device.create_fence(0).unwrap();
+    fence.signal(1).unwrap();
+    fence.signal(1).unwrap();
+    assert!(matches!(fence.signal(0), Err(Error::FenceRegressed { .. })));
+    assert_eq!(fence.value().unwrap(), 1);
+    let t = Instant::now();
+    assert!(matches!(
+        fence.wait(2, Duration::from_millis(50)),
+        Err(Error::Timeout { .. })
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    fence.signal(2).unwrap();
+    fence.wait(2, Duration::from_millis(10)).unwrap();
+
+    if !device.capabilities().contains(Capabilities::TIMELINE_FENCE) {
+        eprintln!("skipped stream part: no TIMELINE_FENCE");
+        return;
+    }
+    let s = device.create_stream().unwrap();
+    let buffer = device.allocate(4096, MemoryKind::Device, &s).unwrap();
+    // The stream waits on the device for a CPU signal.
+    s.wait(&fence, 3).unwrap();
+    s.fill(&buffer, 0, 4096, 42).unwrap();
+    s.signal(&fence, 4).unwrap();
+    assert!(matches!(s.signal(&fence, 3), Err(Error::FenceRegressed { .. })));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(fence.value().unwrap(), 2, "the stream ran past its fence wait");
+    let t = Instant::now();
+    fence.signal(3).unwrap();
+    fence.wait(4, Duration::from_secs(5)).unwrap();
+    eprintln!(
+        "CPU signal -> stream releases -> stream signals -> CPU sees it: {:?}",
+        t.elapsed()
+    );
+    let mut host = vec![0u8; 4096];
+    s.read(&buffer, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 42));
+
+    // Across two streams: b waits for a's signal.
+    let a = device.create_stream().unwrap();
+    let b = device.create_stream().unwrap();
+    let x = device.allocate(1 << 20, MemoryKind::Device, &a).unwrap();
+    let y = device.allocate(1 << 20, MemoryKind::Device, &b).unwrap();
+    a.fill(&x, 0, 1 << 20, 77).unwrap();
+    a.signal(&fence, 10).unwrap();
+    b.wait(&fence, 10).unwrap();
+    x.record_use(b.cache());
+    b.copy(&x, 0, &y, 0, 1 << 20).unwrap();
+    let mut host = vec![0u8; 1 << 20];
+    b.read(&y, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&v| v == 77));
+}
+
+#[test]
+fn gpu_graphs_capture_replay_update() {
+    let device = gpu!();
+    let s = device.create_stream().unwrap();
+    let pool = device.graph_pool();
+    let out = device.allocate(1 << 16, MemoryKind::Device, &s).unwrap();
+    let capture = |value: u8, fills: usize| {
+        s.capture(&pool, |s| {
+            let scratch = device.allocate(1 << 16, MemoryKind::Device, s)?;
+            assert!(scratch.is_graph_allocation());
+            for _ in 0..fills {
+                s.fill(&scratch, 0, 1 << 16, value)?;
+            }
+            s.copy(&scratch, 0, &out, 0, 1 << 16)?;
+            Ok(())
+        })
+        .unwrap()
+        .0
+    };
+    let g1 = capture(11, 1);
+    assert_eq!(g1.node_count(), 2);
+    let mut exec = g1.instantiate().unwrap();
+    let mut host = vec![0u8; 1 << 16];
+    s.fill(&out, 0, 1 << 16, 0).unwrap();
+    exec.launch(&s).unwrap();
+    s.read(&out, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 11));
+
+    let g2 = capture(22, 1);
+    exec.update(&g2).unwrap();
+    exec.launch(&s).unwrap();
+    s.read(&out, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 22));
+    eprintln!("graph pool after two captures: {:?}", pool.stats());
+    assert!(pool.stats().reserved_bytes <= 2 << 16);
+
+    let g3 = capture(33, 3);
+    assert!(matches!(exec.update(&g3), Err(Error::GraphUpdate { .. })));
+    exec.launch(&s).unwrap();
+    s.read(&out, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 22), "a failed update changed the exec");
+
+    // Illegal operations during capture abandon it and leave the stream usable.
+    for op in ["synchronize", "read", "write"] {
+        s.begin_capture(&pool).unwrap();
+        s.fill(&out, 0, 16, 1).unwrap();
+        let result = match op {
+            "synchronize" => s.synchronize(),
+            "read" => s.read(&out, 0, &mut host[..16]),
+            _ => s.write(&out, 0, &[1; 16]),
+        };
+        assert!(
+            matches!(result, Err(Error::CaptureInvalidated { .. })),
+            "{op}: {result:?}"
+        );
+        assert!(!s.is_capturing());
+        s.fill(&out, 0, 1 << 16, 5).unwrap();
+        s.read(&out, 0, &mut host).unwrap();
+        assert!(
+            host.iter().all(|&x| x == 5),
+            "{op}: stream unusable after abandoned capture"
+        );
+    }
+    assert!(matches!(s.end_capture(), Err(Error::CaptureState(_))));
+}
+
+#[test]
+fn gpu_graph_pool_is_shared_across_captures() {
+    let device = gpu!();
+    let s = device.create_stream().unwrap();
+    let pool = device.graph_pool();
+    let mut graphs = Vec::new();
+    for batch in (1..=4u64).rev() {
+        let (graph, output) = s
+            .capture(&pool, |s| {
+                let tmp = device.allocate(batch << 20, MemoryKind::Device, s)?;
+                let output = device.allocate(1 << 16, MemoryKind::Device, s)?;
+                s.fill(&tmp, 0, batch << 20, batch as u8)?;
+                s.copy(&tmp, 0, &output, 0, 1 << 16)?;
+                Ok(output)
+            })
+            .unwrap();
+        graphs.push((graph.instantiate().unwrap(), output, batch));
+    }
+    let stats = pool.stats();
+    eprintln!("4 captures (4,3,2,1 MiB + outputs): {stats:?}");
+    assert!(
+        stats.reserved_bytes < (4 << 20) + (1 << 20),
+        "captures did not share the pool"
+    );
+    let mut host = vec![0u8; 1 << 16];
+    for (exec, output, batch) in &graphs {
+        exec.launch(&s).unwrap();
+        s.read(output, 0, &mut host).unwrap();
+        assert!(host.iter().all(|&x| x == *batch as u8));
+    }
+}
+
+#[test]
+fn gpu_host_import_paths() {
+    let device = gpu!();
+    let s = device.create_stream().unwrap();
+    let caps = device.capabilities();
+    let data: Vec<u8> = (0..(3 << 20) + 123).map(|i: u32| (i % 251) as u8).collect();
+    let host = &data[77..];
+    let check = |import: &gpuhal_hal::HostImport<'_>| {
+        let copy = device.allocate(import.len(), MemoryKind::Device, &s).unwrap();
+        s.copy(import, 0, &copy, 0, import.len()).unwrap();
+        let mut out = vec![0u8; import.len() as usize];
+        s.read(&copy, 0, &mut out).unwrap();
+        assert_eq!(out, host);
+    };
+
+    let import = device.import_host(host, ImportPolicy::ZERO_COPY, &s).unwrap();
+    eprintln!("default import path: {:?} (caps {caps:?})", import.path());
+    check(&import);
+    drop(import);
+
+    if caps.contains(Capabilities::HOST_REGISTER) {
+        let policy = ImportPolicy {
+            allow_coherent: false,
+            ..ImportPolicy::ZERO_COPY
+        };
+        let import = device.import_host(host, policy, &s).unwrap();
+        assert_eq!(import.path(), ImportPath::Registered);
+        check(&import);
+        drop(import);
+        // Registering again after the drop works: the drop unregistered.
+        let import = device.import_host(host, policy, &s).unwrap();
+        assert_eq!(import.path(), ImportPath::Registered);
+    }
+
+    let none = ImportPolicy {
+        allow_coherent: false,
+        allow_registered: false,
+        allow_copy: false,
+        prefetch_coherent: false,
+    };
+    let err = device.import_host(host, none, &s).unwrap_err();
+    eprintln!("refused: {err}");
+    assert!(matches!(err, Error::ImportRefused { .. }));
+    let text = err.to_string();
+    assert!(text.contains("coherent") && text.contains("registered") && text.contains("copy"));
+
+    let copy_only = ImportPolicy {
+        allow_copy: true,
+        ..none
+    };
+    let import = device.import_host(host, copy_only, &s).unwrap();
+    assert_eq!(import.path(), ImportPath::Copied);
+    check(&import);
+    let stats = device.import_stats();
+    eprintln!("{stats:?}");
+    assert_eq!(stats.copied, 1);
+    assert_eq!(stats.copied_bytes, host.len() as u64);
+    assert_eq!(stats.refused, 1);
+}
+
+#[test]
+fn gpu_works_from_other_threads() {
+    let device = gpu!();
+    let device = &device;
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            scope.spawn(move || {
+                let s = device.create_stream().unwrap();
+                for i in 0..50u8 {
+                    let b = device.allocate(4096 * (1 + t as u64), MemoryKind::Device, &s).unwrap();
+                    s.fill(&b, 0, b.len(), i ^ t).unwrap();
+                    let mut out = vec![0u8; 64];
+                    s.read(&b, 100, &mut out).unwrap();
+                    assert!(out.iter().all(|&x| x == i ^ t));
+                }
+            });
+        }
+    });
+    let foreign = CudaDevice::open(0).unwrap();
+    let s = foreign.create_stream().unwrap();
+    let b = device.create_stream().unwrap();
+    let buffer = device.allocate(64, MemoryKind::Device, &b).unwrap();
+    assert!(matches!(s.fill(&buffer, 0, 64, 0), Err(Error::ForeignHandle { .. })));
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Costs of the paths that matter, printed for the record (medians of 1000 runs).
+#[test]
+fn gpu_timings() {
+    let device = gpu!();
+    let s = device.create_stream().unwrap();
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..100 {
+            f();
+        }
+        median(
+            (0..1000)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    };
+    let hit = time(&mut || drop(device.allocate(1 << 20, MemoryKind::Device, &s).unwrap()));
+    let raw_pool = device.allocator().native();
+    let miss = time(&mut || {
+        use gpuhal_hal::pool::NativeMemory;
+        let block = raw_pool
+            .allocate(1 << 20, MemoryKind::Device, Some(s.handle()))
+            .unwrap();
+        raw_pool.free(block, Some(s.handle())).unwrap();
+    });
+    let event = time(&mut || {
+        let e = device.event(false).unwrap();
+        e.record(&s).unwrap();
+        e.is_complete().unwrap();
+    });
+    let fence = device.create_fence(0).unwrap();
+    let mut v = 0;
+    let fence_roundtrip = time(&mut || {
+        v += 1;
+        s.signal(&fence, v).unwrap();
+        fence.wait(v, Duration::from_secs(1)).unwrap();
+    });
+    eprintln!(
+        "timings (median): cache hit alloc+free 1 MiB {hit:?}; native cuMemAllocFromPoolAsync+cuMemFreeAsync {miss:?}; \
+         pooled event acquire+record+query {event:?}; stream fence signal -> CPU sees it {fence_roundtrip:?}"
+    );
+    assert!(hit < miss, "the cache hit path is slower than the driver");
+    let _ = CudaBackend;
+    let _ = AsRegion::region(&device.allocate(1, MemoryKind::Device, &s).unwrap());
+}
