@@ -1,1 +1,221 @@
-fn main() {}
+//! `gpuhal-bench suite [--backend mock|cuda] [--smoke] [--out DIR]` measures gpuhal beside
+//! the native calls it replaces and prints medians, ratios and the targets met or missed;
+//! `gpuhal-bench replay TRACE` replays an allocation trace through the caching allocator.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use gpuhal_bench::harness::Settings;
+use gpuhal_bench::report::Report;
+
+#[derive(Parser)]
+#[command(name = "gpuhal-bench", about = "gpuhal beside the native calls it replaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every benchmark and checks the targets.
+    Suite {
+        #[arg(long, value_enum, default_value_t = BackendName::default_compiled())]
+        backend: BackendName,
+        /// A handful of iterations each, to prove the benchmarks work (not results).
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the JSON and Markdown (default: target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The gpt2_train trace (default: shared/traces/gpt2_train.jsonl.gz if present).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+        /// Platform the mock imitates.
+        #[arg(long, value_enum, default_value_t = MockProfile::Discrete)]
+        profile: MockProfile,
+    },
+    /// Replays an allocation trace (.jsonl or .jsonl.gz) through the caching allocator.
+    Replay {
+        trace: PathBuf,
+        #[arg(long, value_enum, default_value_t = BackendName::default_compiled())]
+        backend: BackendName,
+        /// Where to write the JSON (default: target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendName {
+    Mock,
+    Cuda,
+}
+
+impl BackendName {
+    fn default_compiled() -> BackendName {
+        if cfg!(feature = "mock") {
+            BackendName::Mock
+        } else {
+            BackendName::Cuda
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BackendName::Mock => "mock",
+            BackendName::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum MockProfile {
+    Discrete,
+    Coherent,
+    Minimal,
+}
+
+fn default_out() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target.join("bench")
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gpuhal-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Suite {
+            backend,
+            smoke,
+            out,
+            trace,
+            device,
+            profile,
+        } => {
+            let settings = Settings { smoke };
+            let mut report = suite(backend, &settings, device, profile, trace.as_deref())?;
+            let name = format!("suite-{}{}", backend.name(), if smoke { "-smoke" } else { "" });
+            publish(&mut report, &out.unwrap_or_else(default_out), &name)
+        }
+        Command::Replay {
+            trace,
+            backend,
+            out,
+            device,
+        } => {
+            let mut report = replay(backend, device, &trace)?;
+            if let Some(replay) = &report.replay {
+                println!("{replay}");
+                println!("{}", serde_json::to_string(replay)?);
+            }
+            let name = format!(
+                "replay-{}-{}",
+                report.replay.as_ref().map_or("trace", |r| r.trace.as_str()),
+                backend.name()
+            );
+            let json = report.write(&out.unwrap_or_else(default_out), &name)?;
+            eprintln!("gpuhal-bench: wrote {}", json.display());
+            Ok(())
+        }
+    }
+}
+
+fn publish(report: &mut Report, out: &Path, name: &str) -> Result<()> {
+    let json = report.write(out, name)?;
+    println!("{}", report.to_markdown());
+    eprintln!("gpuhal-bench: wrote {} (and .md beside it)", json.display());
+    Ok(())
+}
+
+#[allow(unused_variables)]
+fn suite(
+    backend: BackendName,
+    settings: &Settings,
+    ordinal: u32,
+    profile: MockProfile,
+    trace: Option<&Path>,
+) -> Result<Report> {
+    match backend {
+        BackendName::Mock => {
+            #[cfg(feature = "mock")]
+            {
+                use gpuhal_bench::mock;
+                let profile = mock_profile(profile);
+                return gpuhal_bench::run_suite::<gpuhal_mock::MockBackend>(
+                    &|| mock::open(profile),
+                    &mock::NoBaselines,
+                    settings,
+                    &mock::OPTIONS,
+                    trace,
+                );
+            }
+        }
+        BackendName::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                use gpuhal_bench::cuda;
+                let baselines = cuda::Baselines::open(ordinal)?;
+                return gpuhal_bench::run_suite::<gpuhal_cuda::CudaBackend>(
+                    &|| cuda::open(ordinal),
+                    &baselines,
+                    settings,
+                    &cuda::OPTIONS,
+                    trace,
+                );
+            }
+        }
+    }
+    bail!(
+        "this gpuhal-bench was built without the {} backend (enable its cargo feature)",
+        backend.name()
+    )
+}
+
+#[allow(unused_variables)]
+fn replay(backend: BackendName, ordinal: u32, trace: &Path) -> Result<Report> {
+    match backend {
+        BackendName::Mock => {
+            #[cfg(feature = "mock")]
+            {
+                let device = gpuhal_bench::mock::open(gpuhal_mock::Profile::Discrete)?;
+                return gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace);
+            }
+        }
+        BackendName::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let device = gpuhal_bench::cuda::open(ordinal)?;
+                return gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace);
+            }
+        }
+    }
+    bail!(
+        "this gpuhal-bench was built without the {} backend (enable its cargo feature)",
+        backend.name()
+    )
+}
+
+#[cfg(feature = "mock")]
+fn mock_profile(profile: MockProfile) -> gpuhal_mock::Profile {
+    match profile {
+        MockProfile::Discrete => gpuhal_mock::Profile::Discrete,
+        MockProfile::Coherent => gpuhal_mock::Profile::Coherent,
+        MockProfile::Minimal => gpuhal_mock::Profile::Minimal,
+    }
+}

@@ -1,0 +1,332 @@
+//! The targets, checked side by side against the rows of one run.
+
+use crate::report::{number, Report, Verdict};
+use crate::suite::THREAD_COUNTS;
+
+/// Targets, as numbers, so BENCHMARKS.md and the checks cannot drift apart.
+pub mod target {
+    /// Cache-hit allocate + drop, ns per pair.
+    pub const HIT_NS: f64 = 50.0;
+    /// Churn, ns per op.
+    pub const CHURN_NS: f64 = 150.0;
+    /// Thread scaling, fraction of linear.
+    pub const SCALING: f64 = 0.8;
+    /// Event acquire + record + release over the bare record, ns.
+    pub const EVENT_OVERHEAD_NS: f64 = 30.0;
+    /// A CPU fence wait may use at most this share of one core, percent.
+    pub const WAIT_CPU_PERCENT: f64 = 10.0;
+    /// Eager submission CPU time over graph replay CPU time.
+    pub const GRAPH_SPEEDUP: f64 = 10.0;
+    /// Shared graph pool over the largest capture.
+    pub const GRAPH_SHARED: f64 = 1.05;
+    /// gpuhal Device copy bandwidth over raw cuMemAlloc buffers.
+    pub const DEVICE_BANDWIDTH: f64 = 0.97;
+    /// Trace replay: reserved over peak live.
+    pub const RESERVED_OVER_LIVE: f64 = 1.02;
+}
+
+/// Adds a check per target to `report`, from its rows. `native` names what the native
+/// baselines are ("CUDA driver") or is `None` when the backend has none.
+pub fn evaluate(report: &mut Report) {
+    cache_hit(report);
+    churn(report);
+    threads(report);
+    events(report);
+    fences(report);
+    graphs(report);
+    bandwidth(report);
+    trace(report);
+}
+
+fn times(slow: Option<f64>, fast: f64) -> String {
+    match slow {
+        Some(slow) => format!("{}x", number(slow / fast)),
+        None => "n/a".into(),
+    }
+}
+
+fn cache_hit(report: &mut Report) {
+    let target = format!(
+        "cache-hit allocate + drop ≤ {} ns per pair (512 B and 1 MiB)",
+        target::HIT_NS
+    );
+    let (Some(small), Some(large)) = (report.median("hit.gpuhal.512"), report.median("hit.gpuhal.1m")) else {
+        report.check("cache-hit", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let worst = small.max(large);
+    let measured = format!(
+        "512 B {} ns, 1 MiB {} ns; pool alone {} / {} ns; cuMemAllocAsync pair {} / {} slower; cuMemAlloc pair {} / {} slower",
+        number(small),
+        number(large),
+        report.median("hit.pool.512").map_or("n/a".into(), number),
+        report.median("hit.pool.1m").map_or("n/a".into(), number),
+        times(report.median("hit.native.async.512"), small),
+        times(report.median("hit.native.async.1m"), large),
+        times(report.median("hit.native.sync.512"), small),
+        times(report.median("hit.native.sync.1m"), large),
+    );
+    report.check(
+        "cache-hit",
+        target,
+        measured,
+        Verdict::from_bool(worst <= target::HIT_NS),
+    );
+}
+
+fn churn(report: &mut Report) {
+    let target = format!(
+        "churn (random sizes 512 B–16 MiB, 256 live) ≤ {} ns per op (op = one allocate or one free)",
+        target::CHURN_NS
+    );
+    let Some(random) = report.median("churn.gpuhal.random") else {
+        report.check("churn", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let measured = format!(
+        "random {} ns/op (pool alone {}); recurring sizes {} ns/op (pool alone {}); native async churn {} slower",
+        number(random),
+        report.median("churn.pool.random").map_or("n/a".into(), number),
+        report.median("churn.gpuhal.recurring").map_or("n/a".into(), number),
+        report.median("churn.pool.recurring").map_or("n/a".into(), number),
+        times(report.median("churn.native.async.random"), random),
+    );
+    report.check(
+        "churn",
+        target,
+        measured,
+        Verdict::from_bool(random <= target::CHURN_NS),
+    );
+}
+
+fn threads(report: &mut Report) {
+    let cores = report.machine.cores;
+    let Some(one) = report.median("threads.gpuhal.1") else {
+        report.check("threads", "thread scaling", "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    for threads in THREAD_COUNTS.into_iter().filter(|&n| n > 1) {
+        let target = format!(
+            "{threads} threads, own stream each: aggregate ≥ {} × {threads} × one-thread rate",
+            target::SCALING
+        );
+        let Some(rate) = report.median(&format!("threads.gpuhal.{threads}")) else {
+            report.check("threads", target, "not measured".into(), Verdict::NotMeasured);
+            continue;
+        };
+        let scaling = rate / (threads as f64 * one);
+        let mut measured = format!(
+            "{} M pairs/s vs {} on one thread: scaling {}",
+            number(rate),
+            number(one),
+            number(scaling)
+        );
+        let verdict = if threads > cores {
+            let per_core = rate / (cores as f64 * one);
+            measured.push_str(&format!(
+                "; only {cores} cores here, so at most {cores}x is possible: {} of {cores}-core linear",
+                number(per_core)
+            ));
+            Verdict::NotMeasured
+        } else {
+            Verdict::from_bool(scaling >= target::SCALING)
+        };
+        report.check("threads", target, measured, verdict);
+    }
+}
+
+fn events(report: &mut Report) {
+    let target = format!(
+        "event acquire + record + release ≤ {} ns over the bare record; 0 native creations after warm-up",
+        target::EVENT_OVERHEAD_NS
+    );
+    let Some(cycle) = report.median("event.gpuhal.cycle") else {
+        report.check("events", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let created = report.median("event.gpuhal.created").unwrap_or(f64::NAN);
+    let (bare, bare_words) = match report.median("event.native.record") {
+        Some(native) => (native, "bare cuEventRecord"),
+        None => (
+            report.median("event.gpuhal.record").unwrap_or(f64::NAN),
+            "gpuhal record of a held event (no native record on this backend)",
+        ),
+    };
+    let overhead = cycle - bare;
+    let measured = format!(
+        "cycle {} ns, {bare_words} {} ns: overhead {} ns; {} native creations; cuEventCreate+Destroy {}",
+        number(cycle),
+        number(bare),
+        number(overhead),
+        created,
+        report
+            .median("event.native.create_destroy")
+            .map_or("n/a".into(), |ns| format!("{} ns", number(ns))),
+    );
+    let verdict = Verdict::from_bool(overhead <= target::EVENT_OVERHEAD_NS && created == 0.0);
+    report.check("events", target, measured, verdict);
+}
+
+fn fences(report: &mut Report) {
+    let target = format!(
+        "fence signal-to-wake latency reported; a long CPU wait uses ≤ {}% of a core (process CPU time)",
+        target::WAIT_CPU_PERCENT
+    );
+    let Some(share) = report.median("fence.wait_cpu") else {
+        report.check("fence", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let us = |id: &str| report.median(id).map_or("n/a".into(), |v| format!("{} µs", number(v)));
+    let measured = format!(
+        "GPU→CPU {}, CPU→stream→CPU {}, stream→stream→CPU {}; long wait: process {}%, waiting thread {}% of a core",
+        us("fence.gpu_to_cpu"),
+        us("fence.cpu_stream_cpu"),
+        us("fence.stream_stream_cpu"),
+        number(share),
+        report.median("fence.wait_cpu_thread").map_or("n/a".into(), number),
+    );
+    report.check(
+        "fence",
+        target,
+        measured,
+        Verdict::from_bool(share <= target::WAIT_CPU_PERCENT),
+    );
+}
+
+fn graphs(report: &mut Report) {
+    let target = format!(
+        "replay of 100 captured small ops: CPU time per iteration ≥ {}x lower than eager",
+        target::GRAPH_SPEEDUP
+    );
+    match (report.median("graph.eager.cpu"), report.median("graph.replay.cpu")) {
+        (Some(eager), Some(replay)) => {
+            let speedup = eager / replay;
+            let native = match (
+                report.median("graph.native.eager"),
+                report.median("graph.native.replay"),
+            ) {
+                (Some(e), Some(r)) => format!(
+                    "; raw driver: eager {} µs, replay {} µs ({}x)",
+                    number(e),
+                    number(r),
+                    number(e / r)
+                ),
+                _ => String::new(),
+            };
+            let measured = format!(
+                "eager {} µs, replay {} µs: {}x{native}",
+                number(eager),
+                number(replay),
+                number(speedup)
+            );
+            report.check(
+                "graph",
+                target,
+                measured,
+                Verdict::from_bool(speedup >= target::GRAPH_SPEEDUP),
+            );
+        }
+        _ => report.check("graph", target, "not measured".into(), Verdict::NotMeasured),
+    }
+
+    let target = format!(
+        "graph memory: 8 captures sharing a pool ≤ {} × the largest capture",
+        target::GRAPH_SHARED
+    );
+    match (
+        report.median("graphmem.shared"),
+        report.median("graphmem.largest"),
+        report.median("graphmem.separate"),
+    ) {
+        (Some(shared), Some(largest), Some(separate)) if largest > 0.0 => {
+            let measured = format!(
+                "shared {} MiB, largest alone {} MiB ({}x), separate pools {} MiB ({}x)",
+                number(shared),
+                number(largest),
+                number(shared / largest),
+                number(separate),
+                number(separate / largest)
+            );
+            report.check(
+                "graph-memory",
+                target,
+                measured,
+                Verdict::from_bool(shared <= target::GRAPH_SHARED * largest),
+            );
+        }
+        _ => report.check("graph-memory", target, "not measured".into(), Verdict::NotMeasured),
+    }
+}
+
+fn bandwidth(report: &mut Report) {
+    let target = format!(
+        "Device copy bandwidth within {:.0}% of raw cuMemAlloc buffers",
+        (1.0 - target::DEVICE_BANDWIDTH) * 100.0
+    );
+    let device = report.median("bw.gpuhal.device");
+    let pointers = report.median("bw.native.gpuhal_ptrs");
+    let managed = |key: &str| report.median(&format!("bw.gpuhal.managed.{key}.first"));
+    let managed_words = match (device, managed("nopolicy"), managed("policy")) {
+        (Some(device), Some(bare), Some(policy)) => format!(
+            "; managed first touch: no policy {} GB/s ({}x slower than Device), policy {} GB/s ({}x)",
+            number(bare),
+            number(device / bare),
+            number(policy),
+            number(device / policy)
+        ),
+        _ => String::new(),
+    };
+    match (report.median("bw.native.raw"), device) {
+        (Some(raw), Some(device)) => {
+            let worst = device.min(pointers.unwrap_or(device));
+            let measured = format!(
+                "raw {} GB/s, gpuhal buffers via cuMemcpyDtoDAsync {} GB/s, gpuhal stream.copy {} GB/s: {}% of raw{managed_words}",
+                number(raw),
+                pointers.map_or("n/a".into(), number),
+                number(device),
+                number(100.0 * worst / raw)
+            );
+            report.check(
+                "bandwidth",
+                target,
+                measured,
+                Verdict::from_bool(worst >= target::DEVICE_BANDWIDTH * raw),
+            );
+        }
+        (None, Some(device)) => {
+            let measured = format!(
+                "gpuhal stream.copy {} GB/s; no raw baseline on this backend{managed_words}",
+                number(device)
+            );
+            report.check("bandwidth", target, measured, Verdict::NotMeasured);
+        }
+        _ => report.check("bandwidth", target, "not measured".into(), Verdict::NotMeasured),
+    }
+}
+
+fn trace(report: &mut Report) {
+    let target = format!(
+        "gpt2_train replay: reserved ÷ peak live ≤ {} (PyTorch 1.054); ns per event reported",
+        target::RESERVED_OVER_LIVE
+    );
+    let Some(ratio) = report.median("trace.reserved_over_live") else {
+        report.check(
+            "trace",
+            target,
+            "not measured (trace not found; pass --trace)".into(),
+            Verdict::NotMeasured,
+        );
+        return;
+    };
+    let measured = format!(
+        "{} reserved ÷ peak live, {} ns per event",
+        format_args!("{ratio:.4}"),
+        report.median("trace.ns_per_event").map_or("n/a".into(), number)
+    );
+    report.check(
+        "trace",
+        target,
+        measured,
+        Verdict::from_bool(ratio <= target::RESERVED_OVER_LIVE),
+    );
+}

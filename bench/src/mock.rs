@@ -1,0 +1,42 @@
+//! The mock backend: gpuhal over host memory. It has no native calls to compare with, so
+//! every native row says so.
+
+use anyhow::{Context as _, Result};
+use gpuhal_mock::{MockBackend, MockConfig, MockDevice, Profile};
+
+use crate::harness::Settings;
+use crate::report::Report;
+use crate::suite::{native_rows_missing, SuiteOptions};
+use crate::Baselines;
+
+/// Sizes for the mock: host memcpy stands in for device copies, so a 1 GiB copy would
+/// measure only this machine's RAM, slowly.
+pub const OPTIONS: SuiteOptions = SuiteOptions {
+    device_copy_bytes: 64 << 20,
+    managed_copy_bytes: 32 << 20,
+};
+
+/// Opens a mock device imitating `profile`, with default settings otherwise.
+pub fn open(profile: Profile) -> Result<MockDevice> {
+    MockDevice::open(MockConfig {
+        profile,
+        ..Default::default()
+    })
+    .with_context(|| format!("opening a mock device ({profile:?})"))
+}
+
+/// The mock's baselines: none.
+pub struct NoBaselines;
+
+impl Baselines<MockBackend> for NoBaselines {
+    fn run(
+        &self,
+        _device: &MockDevice,
+        _settings: &Settings,
+        options: &SuiteOptions,
+        report: &mut Report,
+    ) -> Result<()> {
+        native_rows_missing(report, options);
+        Ok(())
+    }
+}

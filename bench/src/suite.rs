@@ -1,0 +1,901 @@
+//! The backend-generic benchmarks: everything measured through gpuhal's traits, so the
+//! same code runs over the mock and over CUDA. Native baselines live beside them, in the
+//! backend's own module, and fill in rows with the same ids.
+
+use std::hint::black_box;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use gpuhal_hal::{Backend, Capabilities, Device, Event, Fence, Graph, GraphExec, ManagedPolicy, MemoryKind, Stream};
+
+use crate::harness::{each_us, ns_per_op, thread_cpu_time, CpuTime, Settings, SplitMix, Summary};
+use crate::noop::pool_alone;
+use crate::report::{Report, NOT_ON_BACKEND};
+
+/// Sizes of the cache-hit benchmark, with the suffix of their row ids.
+pub const HIT_SIZES: [(u64, &str, &str); 2] = [(512, "512", "512 B"), (1 << 20, "1m", "1 MiB")];
+/// Buffers alive at once in the churn benchmark.
+pub const CHURN_LIVE: usize = 256;
+/// Smallest and largest churn sizes.
+pub const CHURN_SIZES: (u64, u64) = (512, 16 << 20);
+/// Distinct sizes in the "recurring" churn variant.
+pub const CHURN_RECURRING: usize = 64;
+/// Thread counts of the scaling benchmark.
+pub const THREAD_COUNTS: [usize; 3] = [1, 2, 8];
+/// Operations per graph in the graph benchmark.
+pub const GRAPH_OPS: usize = 100;
+/// Bytes each small graph operation touches.
+const GRAPH_OP_BYTES: u64 = 4096;
+
+/// A pre-generated churn workload: which slot to replace and with what size, so every
+/// backend (and the native baseline) replays the very same sequence.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    /// Sizes of the initial live set.
+    pub initial: Vec<u64>,
+    /// (slot, new size) per replacement.
+    pub steps: Vec<(usize, u64)>,
+}
+
+impl ChurnPlan {
+    /// Random sizes: every allocation draws a fresh log-uniform size in [`CHURN_SIZES`].
+    pub fn random(seed: u64) -> ChurnPlan {
+        let mut rng = SplitMix::new(seed);
+        let (low, high) = CHURN_SIZES;
+        Self::build(&mut rng, |rng| rng.log_uniform(low, high))
+    }
+
+    /// Recurring sizes: draws from [`CHURN_RECURRING`] log-uniform sizes fixed up front,
+    /// as a training or inference loop does.
+    pub fn recurring(seed: u64) -> ChurnPlan {
+        let mut rng = SplitMix::new(seed);
+        let (low, high) = CHURN_SIZES;
+        let menu: Vec<u64> = (0..CHURN_RECURRING).map(|_| rng.log_uniform(low, high)).collect();
+        Self::build(&mut rng, |rng| menu[rng.below(menu.len() as u64) as usize])
+    }
+
+    fn build(rng: &mut SplitMix, mut size: impl FnMut(&mut SplitMix) -> u64) -> ChurnPlan {
+        let initial = (0..CHURN_LIVE).map(|_| size(rng)).collect();
+        let steps = (0..1 << 16)
+            .map(|_| (rng.below(CHURN_LIVE as u64) as usize, size(rng)))
+            .collect();
+        ChurnPlan { initial, steps }
+    }
+
+    /// Replays the plan through `allocate`: fills the live set, then per batch replaces
+    /// `iterations` random slots (a free and an allocate each, 2 ops). Returns ns per op.
+    pub fn run<T>(
+        &self,
+        settings: &Settings,
+        iterations: usize,
+        mut allocate: impl FnMut(u64) -> Result<T>,
+    ) -> Result<Summary> {
+        let mut live: Vec<Option<T>> = Vec::with_capacity(CHURN_LIVE);
+        for &size in &self.initial {
+            live.push(Some(allocate(size)?));
+        }
+        let mut cursor = 0usize;
+        ns_per_op(settings, iterations, 2, |n| {
+            let start = Instant::now();
+            for _ in 0..n {
+                let (slot, size) = self.steps[cursor];
+                cursor = (cursor + 1) % self.steps.len();
+                live[slot] = None;
+                live[slot] = Some(allocate(size)?);
+            }
+            Ok(start.elapsed())
+        })
+    }
+}
+
+/// One named benchmark step, adding rows to a report.
+pub type Step<'a> = (&'static str, &'a dyn Fn(&mut Report) -> Result<()>);
+
+/// Backend-specific sizes.
+pub struct SuiteOptions {
+    /// Bytes copied in the Device bandwidth benchmark.
+    pub device_copy_bytes: u64,
+    /// Bytes of each of the two managed buffers (their sum stays ≤ 1 GiB).
+    pub managed_copy_bytes: u64,
+}
+
+/// Runs every gpuhal-side benchmark on `device`, adding rows to `report`.
+pub fn run<B: Backend>(
+    device: &B::Device,
+    settings: &Settings,
+    options: &SuiteOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let steps: [Step; 8] = [
+        ("cache-hit", &|r| cache_hit::<B>(device, settings, r)),
+        ("churn", &|r| churn::<B>(device, settings, r)),
+        ("thread scaling", &|r| thread_scaling::<B>(device, settings, r)),
+        ("events", &|r| events::<B>(device, settings, r)),
+        ("fences", &|r| fences::<B>(device, settings, r)),
+        ("graph replay", &|r| graph_replay::<B>(device, settings, r)),
+        ("graph memory", &|r| graph_memory::<B>(device, r)),
+        ("bandwidth", &|r| bandwidth::<B>(device, settings, options, r)),
+    ];
+    for (name, step) in steps {
+        eprintln!("  {name} …");
+        step(report).with_context(|| format!("benchmark {name}"))?;
+    }
+    Ok(())
+}
+
+/// The caching pool over no-op native memory: the pool's own cost, whatever the backend.
+pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
+    let (_allocator, cache) = pool_alone();
+    for (size, suffix, words) in HIT_SIZES {
+        drop(cache.allocate(size, MemoryKind::Device)?);
+        let summary = ns_per_op(settings, settings.iterations(200_000), 1, |n| {
+            let start = Instant::now();
+            for _ in 0..n {
+                black_box(cache.allocate(black_box(size), MemoryKind::Device)?);
+            }
+            Ok::<_, anyhow::Error>(start.elapsed())
+        })?;
+        let label = format!("caching pool alone (no-op native), {words}");
+        report.measured(&format!("hit.pool.{suffix}"), "cache-hit", &label, "ns/pair", summary);
+    }
+    for (plan, suffix, words) in churn_plans() {
+        let (allocator, cache) = pool_alone();
+        let summary = plan.run(settings, settings.iterations(20_000), |size| {
+            Ok(cache.allocate(size, MemoryKind::Device)?)
+        })?;
+        let stats = allocator.stats();
+        let label = format!("caching pool alone (no-op native), {words}");
+        report.measured_with_note(
+            &format!("churn.pool.{suffix}"),
+            "churn",
+            &label,
+            "ns/op",
+            summary,
+            churn_note(
+                stats.hit_rate(),
+                stats.native_allocations,
+                stats.cache_hits + stats.cache_misses,
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn churn_plans() -> [(ChurnPlan, &'static str, &'static str); 2] {
+    [
+        (
+            ChurnPlan::random(0x5EED),
+            "random",
+            "random sizes 512 B–16 MiB, 256 live",
+        ),
+        (
+            ChurnPlan::recurring(0x5EED),
+            "recurring",
+            "64 recurring sizes 512 B–16 MiB, 256 live",
+        ),
+    ]
+}
+
+fn churn_note(hit_rate: f64, native_allocations: u64, requests: u64) -> String {
+    format!(
+        "hit rate {:.1}%, {} native allocations in {} requests",
+        hit_rate * 100.0,
+        native_allocations,
+        requests
+    )
+}
+
+fn cache_hit<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    let stream = device.create_stream()?;
+    for (size, suffix, words) in HIT_SIZES {
+        // The first allocation misses; every later one is a hit.
+        drop(device.allocate(size, MemoryKind::Device, &stream)?);
+        let before = device.memory_stats();
+        let summary = ns_per_op(settings, settings.iterations(200_000), 1, |n| {
+            let start = Instant::now();
+            for _ in 0..n {
+                black_box(device.allocate(black_box(size), MemoryKind::Device, &stream)?);
+            }
+            Ok::<_, anyhow::Error>(start.elapsed())
+        })?;
+        let after = device.memory_stats();
+        let label = format!("gpuhal allocate + drop, {words}");
+        let native_calls = after.native_allocations - before.native_allocations;
+        report.measured_with_note(
+            &format!("hit.gpuhal.{suffix}"),
+            "cache-hit",
+            &label,
+            "ns/pair",
+            summary,
+            format!("{native_calls} native allocations while timed"),
+        );
+    }
+    stream.synchronize()?;
+    Ok(())
+}
+
+fn churn<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    for (plan, suffix, words) in churn_plans() {
+        let stream = device.create_stream()?;
+        let before = device.memory_stats();
+        let summary = plan.run(settings, settings.iterations(20_000), |size| {
+            Ok(device.allocate(size, MemoryKind::Device, &stream)?)
+        })?;
+        let after = device.memory_stats();
+        stream.synchronize()?;
+        let label = format!("gpuhal, {words}");
+        report.measured_with_note(
+            &format!("churn.gpuhal.{suffix}"),
+            "churn",
+            &label,
+            "ns/op",
+            summary,
+            churn_note(
+                ratio_or_zero(
+                    after.cache_hits - before.cache_hits,
+                    after.cache_misses - before.cache_misses,
+                ),
+                after.native_allocations - before.native_allocations,
+                after.cache_hits + after.cache_misses - before.cache_hits - before.cache_misses,
+            ),
+        );
+        // Leave the next benchmark a clean allocator.
+        device.allocator().trim();
+    }
+    Ok(())
+}
+
+fn ratio_or_zero(hits: u64, misses: u64) -> f64 {
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
+}
+
+fn thread_scaling<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    let pairs = settings.iterations(200_000);
+    for threads in THREAD_COUNTS {
+        let streams = (0..threads)
+            .map(|_| device.create_stream())
+            .collect::<gpuhal_hal::Result<Vec<_>>>()?;
+        let rounds = settings.warmup_batches() + settings.batches();
+        let start_line = Barrier::new(threads + 1);
+        let finish_line = Barrier::new(threads + 1);
+        let failure: Mutex<Option<gpuhal_hal::Error>> = Mutex::new(None);
+        let mut rates = Vec::new();
+        std::thread::scope(|scope| {
+            for stream in &streams {
+                let (start_line, finish_line, failure) = (&start_line, &finish_line, &failure);
+                scope.spawn(move || {
+                    for _ in 0..rounds {
+                        start_line.wait();
+                        for _ in 0..pairs {
+                            match device.allocate(black_box(512), MemoryKind::Device, stream) {
+                                Ok(buffer) => drop(black_box(buffer)),
+                                Err(err) => {
+                                    if let Ok(mut slot) = failure.lock() {
+                                        slot.get_or_insert(err);
+                                    }
+                                    break;
+                                }
+                            }
+                        }
+                        finish_line.wait();
+                    }
+                });
+            }
+            for round in 0..rounds {
+                start_line.wait();
+                let start = Instant::now();
+                finish_line.wait();
+                let elapsed = start.elapsed();
+                if round >= settings.warmup_batches() {
+                    // Million alloc+drop pairs per second, all threads together.
+                    rates.push((threads * pairs) as f64 / elapsed.as_secs_f64() / 1e6);
+                }
+            }
+        });
+        if let Some(err) = failure.into_inner().ok().flatten() {
+            return Err(anyhow!(err).context(format!("{threads} threads allocating")));
+        }
+        let summary = Summary::of(&rates).ok_or_else(|| anyhow!("no thread-scaling rounds ran"))?;
+        let label = format!("{threads} thread(s), own stream each, alloc + drop 512 B, aggregate");
+        report.measured(
+            &format!("threads.gpuhal.{threads}"),
+            "threads",
+            &label,
+            "M pairs/s",
+            summary,
+        );
+    }
+    Ok(())
+}
+
+fn events<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    let stream = device.create_stream()?;
+    let iterations = settings.iterations(50_000);
+    // Warm the pool: one event is all a record-and-release loop needs.
+    for _ in 0..16 {
+        device.event(false)?.record(&stream)?;
+    }
+    stream.synchronize()?;
+    let created_before = device.event_stats().native_created;
+    let cycle = ns_per_op(settings, iterations, 1, |n| {
+        let start = Instant::now();
+        for _ in 0..n {
+            let event = device.event(false)?;
+            event.record(&stream)?;
+            drop(black_box(event));
+        }
+        let elapsed = start.elapsed();
+        stream.synchronize()?;
+        Ok::<_, anyhow::Error>(elapsed)
+    })?;
+    let created = device.event_stats().native_created - created_before;
+    report.measured(
+        "event.gpuhal.cycle",
+        "events",
+        "gpuhal event acquire + record + release",
+        "ns",
+        cycle,
+    );
+
+    let held = device.event(false)?;
+    let record = ns_per_op(settings, iterations, 1, |n| {
+        let start = Instant::now();
+        for _ in 0..n {
+            held.record(&stream)?;
+        }
+        let elapsed = start.elapsed();
+        stream.synchronize()?;
+        Ok::<_, anyhow::Error>(elapsed)
+    })?;
+    report.measured(
+        "event.gpuhal.record",
+        "events",
+        "gpuhal record of a held event",
+        "ns",
+        record,
+    );
+    report.measured(
+        "event.gpuhal.created",
+        "events",
+        "native events created during the timed acquire loops (after warm-up)",
+        "count",
+        Summary::single(created as f64),
+    );
+    Ok(())
+}
+
+fn fences<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    if !device.capabilities().contains(Capabilities::TIMELINE_FENCE) {
+        for (id, label) in FENCE_ROWS {
+            report.missing(id, "fence", label, "µs", "no timeline fences on this device");
+        }
+        return Ok(());
+    }
+    let timeout = Duration::from_secs(10);
+    let (a, b) = (device.create_stream()?, device.create_stream()?);
+    let (f, g) = (device.create_fence(0)?, device.create_fence(0)?);
+    let mut value = 0u64;
+    let samples = settings.samples(2000);
+    let warmup = settings.samples(50);
+
+    let gpu_to_cpu = each_us(warmup, samples, || {
+        value += 1;
+        let start = Instant::now();
+        a.signal(&f, value)?;
+        f.wait(value, timeout)?;
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    report.measured("fence.gpu_to_cpu", "fence", FENCE_ROWS[0].1, "µs", gpu_to_cpu);
+
+    let mut value_g = 0u64;
+    let cpu_stream_cpu = each_us(warmup, samples, || {
+        value += 1;
+        value_g += 1;
+        b.wait(&f, value)?;
+        b.signal(&g, value_g)?;
+        let start = Instant::now();
+        f.signal(value)?;
+        g.wait(value_g, timeout)?;
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    report.measured("fence.cpu_stream_cpu", "fence", FENCE_ROWS[1].1, "µs", cpu_stream_cpu);
+
+    let stream_stream_cpu = each_us(warmup, samples, || {
+        value += 1;
+        value_g += 1;
+        b.wait(&f, value)?;
+        b.signal(&g, value_g)?;
+        let start = Instant::now();
+        a.signal(&f, value)?;
+        g.wait(value_g, timeout)?;
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    report.measured(
+        "fence.stream_stream_cpu",
+        "fence",
+        FENCE_ROWS[2].1,
+        "µs",
+        stream_stream_cpu,
+    );
+
+    // A long wait: stream B waits on the device for a signal a sleeping CPU thread gives
+    // after `hold`; this thread waits on B's follow-up signal. CPU time spent meanwhile
+    // shows whether anyone spins.
+    let hold = if settings.smoke {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(500)
+    };
+    value += 1;
+    value_g += 1;
+    b.wait(&f, value)?;
+    b.signal(&g, value_g)?;
+    let (before, start) = (CpuTime::now(), Instant::now());
+    let waited = std::thread::scope(|scope| {
+        let signaller = scope.spawn(|| {
+            std::thread::sleep(hold);
+            f.signal(value)
+        });
+        let waited = g.wait(value_g, timeout);
+        match signaller.join() {
+            Ok(signalled) => signalled.and(waited),
+            Err(_) => Err(gpuhal_hal::Error::invalid(
+                "fence benchmark",
+                "signalling thread panicked",
+            )),
+        }
+    });
+    waited?;
+    let (after, wall) = (CpuTime::now(), start.elapsed());
+    let share = |cpu: Duration| 100.0 * cpu.as_secs_f64() / wall.as_secs_f64();
+    report.measured_with_note(
+        "fence.wait_cpu",
+        "fence",
+        FENCE_ROWS[3].1,
+        "% of a core",
+        Summary::single(share(after.process.saturating_sub(before.process))),
+        format!("wait of {:.0} ms", wall.as_secs_f64() * 1e3),
+    );
+    report.measured(
+        "fence.wait_cpu_thread",
+        "fence",
+        FENCE_ROWS[4].1,
+        "% of a core",
+        Summary::single(share(after.thread.saturating_sub(before.thread))),
+    );
+    a.synchronize()?;
+    b.synchronize()?;
+    Ok(())
+}
+
+const FENCE_ROWS: [(&str, &str); 5] = [
+    (
+        "fence.gpu_to_cpu",
+        "stream signal → CPU wait returns (enqueue included)",
+    ),
+    (
+        "fence.cpu_stream_cpu",
+        "CPU signal → waiting stream B → B's signal → CPU wait returns",
+    ),
+    (
+        "fence.stream_stream_cpu",
+        "stream A signal → waiting stream B → B's signal → CPU wait returns",
+    ),
+    ("fence.wait_cpu", "CPU time during a long fence wait, whole process"),
+    (
+        "fence.wait_cpu_thread",
+        "CPU time during a long fence wait, waiting thread",
+    ),
+];
+
+const GRAPH_ROWS: [(&str, &str); 4] = [
+    (
+        "graph.eager.cpu",
+        "100 small ops (4 KiB fill/copy) eager: submit, thread CPU time",
+    ),
+    (
+        "graph.replay.cpu",
+        "replay of the same 100 captured: launch, thread CPU time",
+    ),
+    ("graph.eager.e2e", "100 small ops eager: submit + synchronize, wall"),
+    ("graph.replay.e2e", "replay of the 100: launch + synchronize, wall"),
+];
+
+fn graph_replay<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    if !device.capabilities().contains(Capabilities::GRAPHS) {
+        for (id, label) in GRAPH_ROWS {
+            report.missing(id, "graph", label, "µs/iter", "no graphs on this device");
+        }
+        return Ok(());
+    }
+    let stream = device.create_stream()?;
+    let buffer = device.allocate(GRAPH_OPS as u64 * GRAPH_OP_BYTES, MemoryKind::Device, &stream)?;
+    let work = |s: &B::Stream| -> gpuhal_hal::Result<()> {
+        for op in 0..GRAPH_OPS as u64 {
+            let offset = op * GRAPH_OP_BYTES;
+            if op % 2 == 0 {
+                s.fill(&buffer, offset, GRAPH_OP_BYTES, op as u8)?;
+            } else {
+                s.copy(&buffer, offset - GRAPH_OP_BYTES, &buffer, offset, GRAPH_OP_BYTES)?;
+            }
+        }
+        Ok(())
+    };
+    let pool = device.graph_pool();
+    let (graph, ()) = stream.capture(&pool, work)?;
+    if graph.node_count() < GRAPH_OPS {
+        return Err(anyhow!(
+            "captured {} operations, expected {GRAPH_OPS}",
+            graph.node_count()
+        ));
+    }
+    let exec = graph.instantiate()?;
+    let samples = settings.samples(500);
+    let warmup = settings.samples(20);
+
+    let cpu_of = |submit: &dyn Fn() -> gpuhal_hal::Result<()>| {
+        each_us(warmup, samples, || {
+            let start = thread_cpu_time();
+            submit()?;
+            let spent = thread_cpu_time().saturating_sub(start);
+            stream.synchronize()?;
+            Ok::<_, anyhow::Error>(spent)
+        })
+    };
+    let wall_of = |submit: &dyn Fn() -> gpuhal_hal::Result<()>| {
+        each_us(warmup, samples, || {
+            let start = Instant::now();
+            submit()?;
+            stream.synchronize()?;
+            Ok::<_, anyhow::Error>(start.elapsed())
+        })
+    };
+    let eager = || work(&stream);
+    let replay = || exec.launch(&stream);
+    report.measured(GRAPH_ROWS[0].0, "graph", GRAPH_ROWS[0].1, "µs/iter", cpu_of(&eager)?);
+    report.measured(GRAPH_ROWS[1].0, "graph", GRAPH_ROWS[1].1, "µs/iter", cpu_of(&replay)?);
+    report.measured(GRAPH_ROWS[2].0, "graph", GRAPH_ROWS[2].1, "µs/iter", wall_of(&eager)?);
+    report.measured(GRAPH_ROWS[3].0, "graph", GRAPH_ROWS[3].1, "µs/iter", wall_of(&replay)?);
+    Ok(())
+}
+
+/// Captures a "batch size `batch`" forward pass: temporaries that grow with the batch,
+/// allocated and freed inside the capture, and a result written into the slice of the
+/// one shared output buffer (as engines keep one set of outputs for every batch size).
+fn capture_batch<B: Backend>(
+    device: &B::Device,
+    stream: &B::Stream,
+    pool: &gpuhal_hal::GraphPool<B>,
+    output: &gpuhal_hal::Buffer<B>,
+    batch: u64,
+) -> gpuhal_hal::Result<B::Graph> {
+    const UNIT: u64 = 1 << 20;
+    let (graph, ()) = stream.capture(pool, |s| {
+        let activations = device.allocate(batch * 2 * UNIT, MemoryKind::Device, s)?;
+        let hidden = device.allocate(batch * 2 * UNIT, MemoryKind::Device, s)?;
+        s.fill(&activations, 0, batch * 2 * UNIT, batch as u8)?;
+        s.copy(&activations, 0, &hidden, 0, batch * 2 * UNIT)?;
+        drop(activations);
+        let logits = device.allocate(batch * UNIT, MemoryKind::Device, s)?;
+        s.copy(&hidden, 0, &logits, 0, batch * UNIT)?;
+        drop(hidden);
+        s.copy(&logits, 0, output, 0, batch * (UNIT / 4))?;
+        drop(logits);
+        Ok(())
+    })?;
+    Ok(graph)
+}
+
+const GRAPH_MEMORY_ROWS: [(&str, &str); 3] = [
+    ("graphmem.shared", "8 captures (batch 1–8) sharing one graph pool"),
+    ("graphmem.separate", "8 captures, a graph pool each (sum)"),
+    ("graphmem.largest", "the largest capture (batch 8) alone"),
+];
+
+fn graph_memory<B: Backend>(device: &B::Device, report: &mut Report) -> Result<()> {
+    if !device.capabilities().contains(Capabilities::GRAPHS) {
+        for (id, label) in GRAPH_MEMORY_ROWS {
+            report.missing(id, "graph-memory", label, "MiB", "no graphs on this device");
+        }
+        return Ok(());
+    }
+    let stream = device.create_stream()?;
+    let output = device.allocate(8 << 18, MemoryKind::Device, &stream)?;
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+
+    // Largest first, as engines capture, so smaller captures fit in what it left free.
+    let shared_pool = device.graph_pool();
+    let mut shared = Vec::new();
+    for batch in (1..=8).rev() {
+        let graph = capture_batch::<B>(device, &stream, &shared_pool, &output, batch)?;
+        shared.push(graph.instantiate()?);
+    }
+    // Replayed in one stream order, as graphs sharing a pool must be.
+    for exec in &shared {
+        exec.launch(&stream)?;
+    }
+    stream.synchronize()?;
+    let shared_bytes = shared_pool.stats().reserved_bytes;
+
+    let mut separate_bytes = 0;
+    let mut largest_bytes = 0;
+    let mut separate = Vec::new();
+    for batch in (1..=8).rev() {
+        let pool = device.graph_pool();
+        let graph = capture_batch::<B>(device, &stream, &pool, &output, batch)?;
+        separate.push(graph.instantiate()?);
+        let reserved = pool.stats().reserved_bytes;
+        separate_bytes += reserved;
+        if batch == 8 {
+            largest_bytes = reserved;
+        }
+    }
+    let values = [shared_bytes, separate_bytes, largest_bytes];
+    for ((id, label), bytes) in GRAPH_MEMORY_ROWS.into_iter().zip(values) {
+        report.measured(id, "graph-memory", label, "MiB", Summary::single(mib(bytes)));
+    }
+    drop((shared, separate));
+    Ok(())
+}
+
+fn bandwidth<B: Backend>(
+    device: &B::Device,
+    settings: &Settings,
+    options: &SuiteOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let stream = device.create_stream()?;
+    let gb_per_s = |bytes: u64, elapsed: Duration| bytes as f64 / elapsed.as_secs_f64() / 1e9;
+    let copies = settings.iterations(5);
+
+    let size = settings.bytes(options.device_copy_bytes, 1 << 20);
+    let src = device.allocate(size, MemoryKind::Device, &stream)?;
+    let dst = device.allocate(size, MemoryKind::Device, &stream)?;
+    stream.fill(&src, 0, size, 0x5A)?;
+    let device_copy = copy_rate::<B>(&stream, &src, &dst, size, copies, settings)?;
+    report.measured(
+        "bw.gpuhal.device",
+        "bandwidth",
+        &format!("gpuhal stream.copy between two Device buffers, {}", bytes_words(size)),
+        "GB/s",
+        device_copy,
+    );
+    drop((src, dst));
+    stream.synchronize()?;
+    device.allocator().trim();
+
+    let managed_rows = [
+        ("nopolicy", "Managed, no policy", ManagedPolicy::NONE),
+        (
+            "policy",
+            "Managed, policy (prefer device, prefetch)",
+            ManagedPolicy::default(),
+        ),
+    ];
+    let caps = device.capabilities();
+    let size = settings.bytes(options.managed_copy_bytes, 1 << 20);
+    if !caps.contains(Capabilities::MANAGED) {
+        for (key, words, _) in managed_rows {
+            for phase in ["first", "steady"] {
+                report.missing(
+                    &format!("bw.gpuhal.managed.{key}.{phase}"),
+                    "bandwidth",
+                    &format!("{words}: {phase} copy, {}", bytes_words(size)),
+                    "GB/s",
+                    "no managed memory on this device",
+                );
+            }
+        }
+        return Ok(());
+    }
+    let original = device.managed_policy();
+    for (key, words, policy) in managed_rows {
+        device.set_managed_policy(policy);
+        let mut firsts = Vec::new();
+        let mut steady = None;
+        for round in 0..settings.samples(5) {
+            // Fresh native allocations each round, so the first copy meets memory that
+            // has never been touched, as a new tensor does.
+            device.allocator().trim();
+            let start = Instant::now();
+            let src = device.allocate(size, MemoryKind::Managed, &stream)?;
+            let dst = device.allocate(size, MemoryKind::Managed, &stream)?;
+            stream.copy(&src, 0, &dst, 0, size)?;
+            stream.synchronize()?;
+            firsts.push(gb_per_s(size, start.elapsed()));
+            if round == 0 {
+                steady = Some(copy_rate::<B>(&stream, &src, &dst, size, copies, settings)?);
+            }
+        }
+        stream.synchronize()?;
+        device.allocator().trim();
+        let first = Summary::of(&firsts).ok_or_else(|| anyhow!("no managed rounds ran"))?;
+        report.measured(
+            &format!("bw.gpuhal.managed.{key}.first"),
+            "bandwidth",
+            &format!("{words}: allocate + first copy, {}", bytes_words(size)),
+            "GB/s",
+            first,
+        );
+        if let Some(steady) = steady {
+            report.measured(
+                &format!("bw.gpuhal.managed.{key}.steady"),
+                "bandwidth",
+                &format!("{words}: later copies, {}", bytes_words(size)),
+                "GB/s",
+                steady,
+            );
+        }
+    }
+    device.set_managed_policy(original);
+    Ok(())
+}
+
+/// GB/s of `copies` back-to-back copies of `size` bytes per batch (bytes copied, not
+/// bytes moved: a copy reads and writes each byte once).
+fn copy_rate<B: Backend>(
+    stream: &B::Stream,
+    src: &gpuhal_hal::Buffer<B>,
+    dst: &gpuhal_hal::Buffer<B>,
+    size: u64,
+    copies: usize,
+    settings: &Settings,
+) -> Result<Summary> {
+    let batch_settings = Settings { smoke: settings.smoke };
+    let ns_per_copy = ns_per_op(&batch_settings, copies, 1, |n| {
+        stream.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..n {
+            stream.copy(src, 0, dst, 0, size)?;
+        }
+        stream.synchronize()?;
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    Ok(ns_per_copy.inverted(|ns| size as f64 / ns))
+}
+
+/// "1 GiB", "512 MiB", "1 MiB".
+pub fn bytes_words(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Rows for every native baseline, marked as not measurable on a backend without native
+/// calls to compare with.
+pub fn native_rows_missing(report: &mut Report, options: &SuiteOptions) {
+    for (id, group, label, unit) in native_row_specs(options) {
+        report.missing(&id, group, &label, unit, NOT_ON_BACKEND);
+    }
+}
+
+/// Id, group, label and unit of every native baseline row.
+pub fn native_row_specs(options: &SuiteOptions) -> Vec<(String, &'static str, String, &'static str)> {
+    let mut rows = Vec::new();
+    for (_, suffix, words) in HIT_SIZES {
+        rows.push((
+            format!("hit.native.async.{suffix}"),
+            "cache-hit",
+            format!("cuMemAllocAsync + cuMemFreeAsync, {words}"),
+            "ns/pair",
+        ));
+    }
+    for (_, suffix, words) in HIT_SIZES {
+        rows.push((
+            format!("hit.native.sync.{suffix}"),
+            "cache-hit",
+            format!("cuMemAlloc + cuMemFree, {words}"),
+            "ns/pair",
+        ));
+    }
+    rows.push((
+        "churn.native.async.random".into(),
+        "churn",
+        "cuMemAllocAsync / cuMemFreeAsync, the same random sequence".into(),
+        "ns/op",
+    ));
+    rows.push((
+        "event.native.record".into(),
+        "events",
+        "bare cuEventRecord".into(),
+        "ns",
+    ));
+    rows.push((
+        "event.native.create_destroy".into(),
+        "events",
+        "cuEventCreate + cuEventDestroy".into(),
+        "ns",
+    ));
+    rows.push((
+        "graph.native.eager".into(),
+        "graph",
+        "100 small ops (50 cuMemsetD8Async + 50 cuMemcpyDtoDAsync, 4 KiB) eager: submit, thread CPU time".into(),
+        "µs/iter",
+    ));
+    rows.push((
+        "graph.native.replay".into(),
+        "graph",
+        "cuGraphLaunch of the same 100 captured: thread CPU time".into(),
+        "µs/iter",
+    ));
+    let size = bytes_words(options.device_copy_bytes);
+    rows.push((
+        "bw.native.raw".into(),
+        "bandwidth",
+        format!("cuMemcpyDtoDAsync between two cuMemAlloc buffers, {size}"),
+        "GB/s",
+    ));
+    rows.push((
+        "bw.native.gpuhal_ptrs".into(),
+        "bandwidth",
+        format!("cuMemcpyDtoDAsync between two gpuhal Device buffers, {size}"),
+        "GB/s",
+    ));
+    rows
+}
+
+/// Replays a trace on a fresh device and adds its rows.
+pub fn trace_rows<B: Backend>(device: &B::Device, trace: &gpuhal_hal::trace::Trace, report: &mut Report) -> Result<()> {
+    let replay = gpuhal_hal::trace::replay::<B>(device, trace)?;
+    let name = replay.trace.clone();
+    report.measured(
+        "trace.ns_per_event",
+        "trace",
+        &format!("replay of {name}: time per event"),
+        "ns",
+        Summary::single(replay.ns_per_event),
+    );
+    report.measured_with_note(
+        "trace.reserved_over_live",
+        "trace",
+        &format!("replay of {name}: peak reserved ÷ peak live"),
+        "ratio",
+        Summary::single(replay.reserved_over_live),
+        format!(
+            "{} native allocations, hit rate {:.2}%",
+            replay.native_allocations,
+            replay.hit_rate * 100.0
+        ),
+    );
+    report.replay = Some(replay);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_plans_are_reproducible_and_in_range() {
+        let a = ChurnPlan::random(1);
+        let b = ChurnPlan::random(1);
+        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.initial.len(), CHURN_LIVE);
+        assert!(a
+            .steps
+            .iter()
+            .all(|&(slot, size)| slot < CHURN_LIVE && (512..=16 << 20).contains(&size)));
+        let recurring = ChurnPlan::recurring(1);
+        let mut distinct: Vec<u64> = recurring.steps.iter().map(|s| s.1).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() <= CHURN_RECURRING);
+    }
+
+    #[test]
+    fn pool_alone_rows_run_in_smoke_mode() {
+        let mut report = Report::new("suite", true);
+        pool_alone_rows(&Settings { smoke: true }, &mut report).unwrap();
+        assert!(report.median("hit.pool.512").is_some());
+        assert!(report.median("churn.pool.random").is_some());
+    }
+}
