@@ -1,0 +1,601 @@
+//! Run-time choice among the backends compiled in.
+//!
+//! Each `Any*` enum has one variant per compiled-in backend, holding that backend's own
+//! handle in a thin newtype ([`DeviceOf`], [`StreamOf`] …). The operations live in the
+//! `Dyn*` traits, implemented once, generically, for the newtypes, and delegated to by
+//! `enum_dispatch`. An operation that takes a second handle (a stream to allocate on, a
+//! buffer to write) projects it onto the receiver's backend first; a handle from another
+//! backend is [`Error::BackendMismatch`], never a panic.
+
+use std::time::Duration;
+
+use enum_dispatch::enum_dispatch;
+use gpuhal_hal::{
+    Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, ImportStats,
+    MemoryKind, MemoryStats, Result, Stream, StreamId,
+};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A backend compiled into the facade: how its handles go into, and come out of, the
+/// `Any*` enums. Implemented for each backend the crate's features enable; it cannot be
+/// implemented outside this crate.
+pub trait CompiledBackend: Backend + sealed::Sealed {
+    /// Wraps a device.
+    fn wrap_device(device: Self::Device) -> AnyDevice;
+    /// Wraps a stream.
+    fn wrap_stream(stream: Self::Stream) -> AnyStream;
+    /// Wraps a buffer.
+    fn wrap_buffer(buffer: Buffer<Self>) -> AnyBuffer;
+    /// Wraps an event.
+    fn wrap_event(event: Self::Event) -> AnyEvent;
+    /// Wraps a fence.
+    fn wrap_fence(fence: Self::Fence) -> AnyFence;
+    /// This backend's device inside `any`, if it is one.
+    fn device_of(any: &AnyDevice) -> Option<&Self::Device>;
+    /// This backend's stream inside `any`, or [`Error::BackendMismatch`] naming `operation`.
+    fn stream_of<'a>(any: &'a AnyStream, operation: &'static str) -> Result<&'a Self::Stream>;
+    /// This backend's buffer inside `any`, or [`Error::BackendMismatch`].
+    fn buffer_of<'a>(any: &'a AnyBuffer, operation: &'static str) -> Result<&'a Buffer<Self>>;
+    /// This backend's event inside `any`, or [`Error::BackendMismatch`].
+    fn event_of<'a>(any: &'a AnyEvent, operation: &'static str) -> Result<&'a Self::Event>;
+    /// This backend's fence inside `any`, or [`Error::BackendMismatch`].
+    fn fence_of<'a>(any: &'a AnyFence, operation: &'static str) -> Result<&'a Self::Fence>;
+}
+
+/// A device of backend `B`, as held by [`AnyDevice`].
+pub struct DeviceOf<B: Backend>(pub B::Device);
+/// A stream of backend `B`, as held by [`AnyStream`].
+pub struct StreamOf<B: Backend>(pub B::Stream);
+/// A buffer of backend `B`, as held by [`AnyBuffer`].
+pub struct BufferOf<B: Backend>(pub Buffer<B>);
+/// An event of backend `B`, as held by [`AnyEvent`].
+pub struct EventOf<B: Backend>(pub B::Event);
+/// A fence of backend `B`, as held by [`AnyFence`].
+pub struct FenceOf<B: Backend>(pub B::Fence);
+
+macro_rules! debug_by_backend {
+    ($($newtype:ident),*) => {$(
+        impl<B: Backend> std::fmt::Debug for $newtype<B> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($newtype), "<{}>"), B::NAME)
+            }
+        }
+    )*};
+}
+debug_by_backend!(DeviceOf, StreamOf, EventOf, FenceOf);
+
+impl<B: Backend> std::fmt::Debug for BufferOf<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple(&format!("BufferOf<{}>", B::NAME)).field(&self.0).finish()
+    }
+}
+
+/// Device operations, whatever the backend. Implemented by [`AnyDevice`].
+#[enum_dispatch]
+pub trait DynDevice {
+    /// The backend's name ("mock", "cuda", "vulkan").
+    fn backend(&self) -> &'static str;
+    /// What the device is.
+    fn info(&self) -> &DeviceInfo;
+    /// What the device can do, as read from it.
+    fn capabilities(&self) -> Capabilities;
+    /// A new stream.
+    fn create_stream(&self) -> Result<AnyStream>;
+    /// Allocates `len` bytes of `kind` on `stream` from the device's caching allocator.
+    fn allocate(&self, len: u64, kind: MemoryKind, stream: &AnyStream) -> Result<AnyBuffer>;
+    /// An event from the device's pool; `timing` enables [`DynEvent::elapsed`].
+    fn event(&self, timing: bool) -> Result<AnyEvent>;
+    /// A new timeline fence starting at `initial`.
+    fn create_fence(&self, initial: u64) -> Result<AnyFence>;
+    /// Allocator statistics.
+    fn memory_stats(&self) -> MemoryStats;
+    /// Event pool counters.
+    fn event_stats(&self) -> EventStats;
+    /// Host import counters.
+    fn import_stats(&self) -> ImportStats;
+    /// Releases idle cached memory; returns the bytes released.
+    fn trim(&self) -> u64;
+    /// Limits the bytes the allocator may reserve (`None`: no limit).
+    fn set_memory_limit(&self, limit: Option<u64>);
+    /// Free and total device memory, in bytes, as the device reports them.
+    fn memory_info(&self) -> Result<(u64, u64)>;
+    /// Waits for all work on the device.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// Stream operations, whatever the backend. Implemented by [`AnyStream`].
+#[enum_dispatch]
+pub trait DynStream {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Process-wide identity.
+    fn id(&self) -> StreamId;
+    /// The device the stream belongs to.
+    fn device_id(&self) -> DeviceId;
+    /// Copies `data` into `dst` at `offset`.
+    fn write(&self, dst: &AnyBuffer, offset: u64, data: &[u8]) -> Result<()>;
+    /// Copies from `src` at `offset` into `out`, after the stream's earlier work.
+    fn read(&self, src: &AnyBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
+    /// Copies `len` bytes between buffers.
+    fn copy(&self, src: &AnyBuffer, src_offset: u64, dst: &AnyBuffer, dst_offset: u64, len: u64) -> Result<()>;
+    /// Sets `len` bytes of `dst` from `offset` to `value`.
+    fn fill(&self, dst: &AnyBuffer, offset: u64, len: u64, value: u8) -> Result<()>;
+    /// Waits on the CPU until the stream's work so far has completed.
+    fn synchronize(&self) -> Result<()>;
+    /// Makes later work on this stream wait for `event`.
+    fn wait_event(&self, event: &AnyEvent) -> Result<()>;
+    /// Enqueues a signal of `fence` to `value`.
+    fn signal(&self, fence: &AnyFence, value: u64) -> Result<()>;
+    /// Makes later work on this stream wait until `fence` reaches `value`.
+    fn wait(&self, fence: &AnyFence, value: u64) -> Result<()>;
+}
+
+/// Buffer queries, whatever the backend. Implemented by [`AnyBuffer`].
+#[enum_dispatch]
+pub trait DynBuffer {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Length in bytes, as requested.
+    fn len(&self) -> u64;
+    /// True for a zero-size buffer.
+    fn is_empty(&self) -> bool;
+    /// Device address.
+    fn address(&self) -> u64;
+    /// The kind of memory.
+    fn kind(&self) -> MemoryKind;
+    /// The device the buffer belongs to.
+    fn device(&self) -> DeviceId;
+    /// Marks the buffer as used on `stream`, so it is not reused before that work ends.
+    fn record_use(&self, stream: &AnyStream) -> Result<()>;
+}
+
+/// Event operations, whatever the backend. Implemented by [`AnyEvent`].
+#[enum_dispatch]
+pub trait DynEvent {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Marks the current end of `stream`'s work.
+    fn record(&self, stream: &AnyStream) -> Result<()>;
+    /// Waits on the CPU until the recorded work has completed.
+    fn synchronize(&self) -> Result<()>;
+    /// Whether the recorded work has completed.
+    fn is_complete(&self) -> Result<bool>;
+    /// Time between `self` (recorded first) and `end`; both need timing.
+    fn elapsed(&self, end: &AnyEvent) -> Result<Duration>;
+    /// Whether the event records timing.
+    fn has_timing(&self) -> bool;
+}
+
+/// Fence operations, whatever the backend. Implemented by [`AnyFence`].
+#[enum_dispatch]
+pub trait DynFence {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// The value reached so far.
+    fn value(&self) -> Result<u64>;
+    /// Sets the value from the CPU.
+    fn signal(&self, value: u64) -> Result<()>;
+    /// Blocks until the fence reaches `value` or `timeout` passes.
+    fn wait(&self, value: u64, timeout: Duration) -> Result<()>;
+}
+
+impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn info(&self) -> &DeviceInfo {
+        self.0.info()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn create_stream(&self) -> Result<AnyStream> {
+        self.0.create_stream().map(B::wrap_stream)
+    }
+    fn allocate(&self, len: u64, kind: MemoryKind, stream: &AnyStream) -> Result<AnyBuffer> {
+        let stream = B::stream_of(stream, "allocate")?;
+        self.0.allocate(len, kind, stream).map(B::wrap_buffer)
+    }
+    fn event(&self, timing: bool) -> Result<AnyEvent> {
+        self.0.event(timing).map(B::wrap_event)
+    }
+    fn create_fence(&self, initial: u64) -> Result<AnyFence> {
+        self.0.create_fence(initial).map(B::wrap_fence)
+    }
+    fn memory_stats(&self) -> MemoryStats {
+        self.0.memory_stats()
+    }
+    fn event_stats(&self) -> EventStats {
+        self.0.event_stats()
+    }
+    fn import_stats(&self) -> ImportStats {
+        self.0.import_stats()
+    }
+    fn trim(&self) -> u64 {
+        self.0.allocator().trim()
+    }
+    fn set_memory_limit(&self, limit: Option<u64>) {
+        self.0.allocator().set_memory_limit(limit)
+    }
+    fn memory_info(&self) -> Result<(u64, u64)> {
+        self.0.memory_info()
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.0.synchronize()
+    }
+}
+
+impl<B: CompiledBackend> DynStream for StreamOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn id(&self) -> StreamId {
+        self.0.id()
+    }
+    fn device_id(&self) -> DeviceId {
+        self.0.device_id()
+    }
+    fn write(&self, dst: &AnyBuffer, offset: u64, data: &[u8]) -> Result<()> {
+        self.0.write(B::buffer_of(dst, "write")?, offset, data)
+    }
+    fn read(&self, src: &AnyBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.0.read(B::buffer_of(src, "read")?, offset, out)
+    }
+    fn copy(&self, src: &AnyBuffer, src_offset: u64, dst: &AnyBuffer, dst_offset: u64, len: u64) -> Result<()> {
+        let src = B::buffer_of(src, "copy")?;
+        let dst = B::buffer_of(dst, "copy")?;
+        self.0.copy(src, src_offset, dst, dst_offset, len)
+    }
+    fn fill(&self, dst: &AnyBuffer, offset: u64, len: u64, value: u8) -> Result<()> {
+        self.0.fill(B::buffer_of(dst, "fill")?, offset, len, value)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.0.synchronize()
+    }
+    fn wait_event(&self, event: &AnyEvent) -> Result<()> {
+        self.0.wait_event(B::event_of(event, "wait_event")?)
+    }
+    fn signal(&self, fence: &AnyFence, value: u64) -> Result<()> {
+        self.0.signal(B::fence_of(fence, "signal")?, value)
+    }
+    fn wait(&self, fence: &AnyFence, value: u64) -> Result<()> {
+        self.0.wait(B::fence_of(fence, "wait")?, value)
+    }
+}
+
+impl<B: CompiledBackend> DynBuffer for BufferOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn address(&self) -> u64 {
+        self.0.address()
+    }
+    fn kind(&self) -> MemoryKind {
+        self.0.kind()
+    }
+    fn device(&self) -> DeviceId {
+        self.0.device()
+    }
+    fn record_use(&self, stream: &AnyStream) -> Result<()> {
+        let stream = B::stream_of(stream, "record_use")?;
+        gpuhal_hal::check_device("record_use", "stream", self.0.device(), stream.device_id())?;
+        self.0.record_use(stream.cache());
+        Ok(())
+    }
+}
+
+impl<B: CompiledBackend> DynEvent for EventOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn record(&self, stream: &AnyStream) -> Result<()> {
+        self.0.record(B::stream_of(stream, "record")?)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.0.synchronize()
+    }
+    fn is_complete(&self) -> Result<bool> {
+        self.0.is_complete()
+    }
+    fn elapsed(&self, end: &AnyEvent) -> Result<Duration> {
+        self.0.elapsed(B::event_of(end, "elapsed")?)
+    }
+    fn has_timing(&self) -> bool {
+        self.0.has_timing()
+    }
+}
+
+impl<B: CompiledBackend> DynFence for FenceOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn value(&self) -> Result<u64> {
+        self.0.value()
+    }
+    fn signal(&self, value: u64) -> Result<()> {
+        self.0.signal(value)
+    }
+    fn wait(&self, value: u64, timeout: Duration) -> Result<()> {
+        self.0.wait(value, timeout)
+    }
+}
+
+/// A device of any compiled-in backend, chosen at run time.
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// use gpuhal::{AnyDevice, Capabilities, DynDevice};
+/// let device = AnyDevice::mock(gpuhal::mock::Profile::Coherent)?;
+/// assert!(device.capabilities().contains(Capabilities::PAGEABLE_ACCESS));
+/// # }
+/// # Ok::<(), gpuhal::Error>(())
+/// ```
+#[enum_dispatch(DynDevice)]
+#[derive(Debug)]
+pub enum AnyDevice {
+    /// A mock device.
+    #[cfg(feature = "mock")]
+    Mock(DeviceOf<gpuhal_mock::MockBackend>),
+    /// A CUDA device.
+    #[cfg(feature = "cuda")]
+    Cuda(DeviceOf<gpuhal_cuda::CudaBackend>),
+    /// A Vulkan device.
+    #[cfg(feature = "vulkan")]
+    Vulkan(DeviceOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// A stream of any compiled-in backend.
+#[enum_dispatch(DynStream)]
+#[derive(Debug)]
+pub enum AnyStream {
+    /// A mock stream.
+    #[cfg(feature = "mock")]
+    Mock(StreamOf<gpuhal_mock::MockBackend>),
+    /// A CUDA stream.
+    #[cfg(feature = "cuda")]
+    Cuda(StreamOf<gpuhal_cuda::CudaBackend>),
+    /// A Vulkan stream.
+    #[cfg(feature = "vulkan")]
+    Vulkan(StreamOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// A buffer of any compiled-in backend. Dropping it returns the memory to its stream's
+/// cache, as with the backend's own buffer.
+#[enum_dispatch(DynBuffer)]
+#[derive(Debug)]
+pub enum AnyBuffer {
+    /// A mock buffer.
+    #[cfg(feature = "mock")]
+    Mock(BufferOf<gpuhal_mock::MockBackend>),
+    /// A CUDA buffer.
+    #[cfg(feature = "cuda")]
+    Cuda(BufferOf<gpuhal_cuda::CudaBackend>),
+    /// A Vulkan buffer.
+    #[cfg(feature = "vulkan")]
+    Vulkan(BufferOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// An event of any compiled-in backend.
+#[enum_dispatch(DynEvent)]
+#[derive(Debug)]
+pub enum AnyEvent {
+    /// A mock event.
+    #[cfg(feature = "mock")]
+    Mock(EventOf<gpuhal_mock::MockBackend>),
+    /// A CUDA event.
+    #[cfg(feature = "cuda")]
+    Cuda(EventOf<gpuhal_cuda::CudaBackend>),
+    /// A Vulkan event.
+    #[cfg(feature = "vulkan")]
+    Vulkan(EventOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// A timeline fence of any compiled-in backend.
+#[enum_dispatch(DynFence)]
+#[derive(Debug)]
+pub enum AnyFence {
+    /// A mock fence.
+    #[cfg(feature = "mock")]
+    Mock(FenceOf<gpuhal_mock::MockBackend>),
+    /// A CUDA fence.
+    #[cfg(feature = "cuda")]
+    Cuda(FenceOf<gpuhal_cuda::CudaBackend>),
+    /// A Vulkan fence.
+    #[cfg(feature = "vulkan")]
+    Vulkan(FenceOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// Implements [`CompiledBackend`] for one backend: wrapping is the variant constructor,
+/// projection a match whose other arms are the mismatch.
+macro_rules! compiled_backend {
+    ($variant:ident, $backend:ty) => {
+        impl sealed::Sealed for $backend {}
+
+        // With one backend compiled in, the mismatch arms cannot match.
+        #[allow(unreachable_patterns)]
+        impl CompiledBackend for $backend {
+            fn wrap_device(device: Self::Device) -> AnyDevice {
+                AnyDevice::$variant(DeviceOf(device))
+            }
+            fn wrap_stream(stream: Self::Stream) -> AnyStream {
+                AnyStream::$variant(StreamOf(stream))
+            }
+            fn wrap_buffer(buffer: Buffer<Self>) -> AnyBuffer {
+                AnyBuffer::$variant(BufferOf(buffer))
+            }
+            fn wrap_event(event: Self::Event) -> AnyEvent {
+                AnyEvent::$variant(EventOf(event))
+            }
+            fn wrap_fence(fence: Self::Fence) -> AnyFence {
+                AnyFence::$variant(FenceOf(fence))
+            }
+            fn device_of(any: &AnyDevice) -> Option<&Self::Device> {
+                match any {
+                    AnyDevice::$variant(DeviceOf(device)) => Some(device),
+                    _ => None,
+                }
+            }
+            fn stream_of<'a>(any: &'a AnyStream, operation: &'static str) -> Result<&'a Self::Stream> {
+                match any {
+                    AnyStream::$variant(StreamOf(stream)) => Ok(stream),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+            fn buffer_of<'a>(any: &'a AnyBuffer, operation: &'static str) -> Result<&'a Buffer<Self>> {
+                match any {
+                    AnyBuffer::$variant(BufferOf(buffer)) => Ok(buffer),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+            fn event_of<'a>(any: &'a AnyEvent, operation: &'static str) -> Result<&'a Self::Event> {
+                match any {
+                    AnyEvent::$variant(EventOf(event)) => Ok(event),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+            fn fence_of<'a>(any: &'a AnyFence, operation: &'static str) -> Result<&'a Self::Fence> {
+                match any {
+                    AnyFence::$variant(FenceOf(fence)) => Ok(fence),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "mock")]
+compiled_backend!(Mock, gpuhal_mock::MockBackend);
+#[cfg(feature = "cuda")]
+compiled_backend!(Cuda, gpuhal_cuda::CudaBackend);
+#[cfg(feature = "vulkan")]
+compiled_backend!(Vulkan, gpuhal_vulkan::VulkanBackend);
+
+fn mismatch(operation: &'static str, expected: &'static str, found: &'static str) -> Error {
+    Error::BackendMismatch {
+        operation,
+        expected,
+        found,
+    }
+}
+
+/// The backends compiled into this build, by the names [`AnyDevice::open`] takes.
+pub const COMPILED_BACKENDS: &[&str] = &[
+    #[cfg(feature = "mock")]
+    "mock",
+    #[cfg(feature = "cuda")]
+    "cuda",
+    #[cfg(feature = "vulkan")]
+    "vulkan",
+];
+
+impl AnyDevice {
+    /// Opens device `ordinal` of the backend called `backend`: `"cuda"`, `"vulkan"`, or
+    /// `"mock"` (the discrete profile; `"mock:coherent"`, `"mock:minimal"` choose another).
+    /// A backend not compiled in is [`Error::InvalidArgument`] listing those that are.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use gpuhal::{AnyDevice, DynDevice};
+    /// let device = AnyDevice::open("mock:minimal", 0)?;
+    /// assert_eq!(device.backend(), "mock");
+    /// assert!(AnyDevice::open("opencl", 0).is_err());
+    /// # }
+    /// # Ok::<(), gpuhal::Error>(())
+    /// ```
+    pub fn open(backend: &str, ordinal: u32) -> Result<AnyDevice> {
+        let (name, variant) = match backend.split_once(':') {
+            Some((name, variant)) => (name, Some(variant)),
+            None => (backend, None),
+        };
+        match (name, variant) {
+            #[cfg(feature = "mock")]
+            ("mock", variant) => {
+                let profile = match variant {
+                    Some(profile) => profile.parse()?,
+                    None => gpuhal_mock::Profile::default(),
+                };
+                let config = gpuhal_mock::MockConfig {
+                    profile,
+                    ordinal,
+                    ..Default::default()
+                };
+                gpuhal_mock::MockDevice::open(config).map(|device| AnyDevice::Mock(DeviceOf(device)))
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", None) => gpuhal_cuda::CudaDevice::open(ordinal).map(|device| AnyDevice::Cuda(DeviceOf(device))),
+            #[cfg(feature = "vulkan")]
+            ("vulkan", None) => {
+                gpuhal_vulkan::VulkanDevice::open(ordinal).map(|device| AnyDevice::Vulkan(DeviceOf(device)))
+            }
+            _ => Err(Error::invalid(
+                "AnyDevice::open",
+                format!(
+                    "unknown or not compiled-in backend {backend:?}; this build has: {} \
+                     (enable more with the cargo features mock, cuda, vulkan)",
+                    COMPILED_BACKENDS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Opens a mock device of `profile`.
+    #[cfg(feature = "mock")]
+    pub fn mock(profile: gpuhal_mock::Profile) -> Result<AnyDevice> {
+        let config = gpuhal_mock::MockConfig {
+            profile,
+            ..Default::default()
+        };
+        gpuhal_mock::MockDevice::open(config).map(|device| AnyDevice::Mock(DeviceOf(device)))
+    }
+
+    /// Wraps a device already opened through its backend.
+    pub fn from_native<B: CompiledBackend>(device: B::Device) -> AnyDevice {
+        B::wrap_device(device)
+    }
+
+    /// The backend's own device, if this is one of backend `B`: for what the facade does
+    /// not cover (graphs, host import, managed advice, native handles).
+    pub fn native<B: CompiledBackend>(&self) -> Option<&B::Device> {
+        B::device_of(self)
+    }
+}
+
+impl AnyStream {
+    /// The backend's own stream, if this is one of backend `B` (to launch kernels on it).
+    pub fn native<B: CompiledBackend>(&self) -> Option<&B::Stream> {
+        B::stream_of(self, "AnyStream::native").ok()
+    }
+}
+
+impl AnyBuffer {
+    /// The backend's own buffer, if this is one of backend `B`.
+    pub fn native<B: CompiledBackend>(&self) -> Option<&Buffer<B>> {
+        B::buffer_of(self, "AnyBuffer::native").ok()
+    }
+}
+
+impl AnyEvent {
+    /// The backend's own event, if this is one of backend `B`.
+    pub fn native<B: CompiledBackend>(&self) -> Option<&B::Event> {
+        B::event_of(self, "AnyEvent::native").ok()
+    }
+}
+
+impl AnyFence {
+    /// The backend's own fence, if this is one of backend `B`.
+    pub fn native<B: CompiledBackend>(&self) -> Option<&B::Fence> {
+        B::fence_of(self, "AnyFence::native").ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn unknown_backend_is_an_error_listing_the_compiled_ones() {
+    let error = AnyDevice::open("opencl", 0).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::InvalidArgument { .. }), "{error:?}");
+    for backend in COMPILED_BACKENDS {
+        assert!(message.contains(backend), "{message}");
+    }
+}
+
+#[cfg(feature = "mock")]
+mod mock {
+    use gpuhal_mock::{MockBackend, Profile};
+
+    use super::*;
+
+    #[test]
+    fn round_trip_through_the_facade() -> Result<()> {
+        let device = AnyDevice::mock(Profile::Discrete)?;
+        assert_eq!(device.backend(), "mock");
+        assert!(device.capabilities().contains(Capabilities::STREAM_ORDERED_ALLOC));
+        let stream = device.create_stream()?;
+        let source = device.allocate(4096, MemoryKind::Device, &stream)?;
+        let copy = device.allocate(4096, MemoryKind::Device, &stream)?;
+        assert_eq!(source.len(), 4096);
+        assert_eq!(source.address() % 256, 0, "allocations are at least 256-byte aligned");
+
+        let pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        stream.write(&source, 0, &pattern)?;
+        stream.copy(&source, 0, &copy, 0, 4096)?;
+        stream.fill(&copy, 100, 50, 0xAB)?;
+        let mut back = vec![0; 4096];
+        stream.read(&copy, 0, &mut back)?;
+
+        let mut expected = pattern.clone();
+        expected[100..150].fill(0xAB);
+        assert_eq!(back, expected);
+
+        let stats = device.memory_stats();
+        assert_eq!(stats.live_count, 2);
+        assert_eq!(stats.live_bytes, 8192);
+
+        // Freed on this stream, the block is reused at once: a cache hit, no native call.
+        drop(copy);
+        let native_before = device.memory_stats().native_allocations;
+        let again = device.allocate(4096, MemoryKind::Device, &stream)?;
+        let stats = device.memory_stats();
+        assert_eq!(stats.native_allocations, native_before);
+        assert!(stats.cache_hits >= 1, "{stats:?}");
+        drop(again);
+        Ok(())
+    }
+
+    #[test]
+    fn events_and_fences_order_two_streams() -> Result<()> {
+        let device = AnyDevice::mock(Profile::Discrete)?;
+        let producer = device.create_stream()?;
+        let consumer = device.create_stream()?;
+        let buffer = device.allocate(64, MemoryKind::Device, &producer)?;
+
+        producer.fill(&buffer, 0, 64, 9)?;
+        let filled = device.event(false)?;
+        filled.record(&producer)?;
+        consumer.wait_event(&filled)?;
+        buffer.record_use(&consumer)?;
+        let mut seen = [0; 64];
+        consumer.read(&buffer, 0, &mut seen)?;
+        assert_eq!(seen, [9; 64]);
+        filled.synchronize()?;
+        assert!(filled.is_complete()?);
+
+        // The consumer waits on `go` before it signals `done`, so `done` stays behind
+        // until the producer signals `go`.
+        let go = device.create_fence(0)?;
+        let done = device.create_fence(0)?;
+        consumer.wait(&go, 1)?;
+        consumer.signal(&done, 1)?;
+        assert!(matches!(
+            done.wait(1, Duration::from_millis(50)),
+            Err(Error::Timeout { .. })
+        ));
+        producer.signal(&go, 1)?;
+        done.wait(1, Duration::from_secs(10))?;
+        assert_eq!(done.value()?, 1);
+        go.signal(2)?;
+        assert_eq!(go.value()?, 2);
+        assert!(matches!(go.signal(1), Err(Error::FenceRegressed { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn open_by_name_chooses_the_profile() -> Result<()> {
+        let coherent = AnyDevice::open("mock:coherent", 3)?;
+        assert!(coherent.capabilities().contains(Capabilities::PAGEABLE_ACCESS));
+        assert_eq!(coherent.info().ordinal, 3);
+        let minimal = AnyDevice::open("mock:minimal", 0)?;
+        assert!(!minimal.capabilities().contains(Capabilities::MANAGED));
+        assert!(AnyDevice::open("mock:tpu", 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn native_handles_come_back_out() -> Result<()> {
+        let device = AnyDevice::mock(Profile::Coherent)?;
+        let native = device
+            .native::<MockBackend>()
+            .expect("a mock device holds a mock device");
+        assert_eq!(native.info().id, device.info().id);
+        let stream = device.create_stream()?;
+        assert_eq!(stream.native::<MockBackend>().map(|s| s.id()), Some(stream.id()));
+        Ok(())
+    }
+
+    /// Two devices of one backend: the backend's own check refuses the foreign handle.
+    /// That is `ForeignHandle`, not `BackendMismatch`: the facade does not relabel it.
+    #[test]
+    fn a_stream_of_another_mock_device_is_a_foreign_handle() -> Result<()> {
+        let first = AnyDevice::mock(Profile::Discrete)?;
+        let second = AnyDevice::mock(Profile::Discrete)?;
+        let second_stream = second.create_stream()?;
+        let error = first.allocate(64, MemoryKind::Device, &second_stream).unwrap_err();
+        assert!(matches!(error, Error::ForeignHandle { .. }), "{error:?}");
+        Ok(())
+    }
+}
+
+/// `BackendMismatch` needs a second backend compiled in, with a device present: the mock
+/// and Vulkan (lavapipe in CI) or CUDA (a GPU host). Without a device the test says so and
+/// passes, unless `GPUHAL_REQUIRE_<BACKEND>=1` demands the device (CI sets it for Vulkan
+/// after installing lavapipe).
+#[cfg(all(feature = "mock", any(feature = "vulkan", feature = "cuda")))]
+mod mismatch {
+    use gpuhal_mock::Profile;
+
+    use super::*;
+
+    fn other_backend_device(name: &str) -> Option<AnyDevice> {
+        match AnyDevice::open(name, 0) {
+            Ok(device) => Some(device),
+            Err(error) => {
+                let required = format!("GPUHAL_REQUIRE_{}", name.to_uppercase());
+                if std::env::var(&required).is_ok_and(|value| value == "1") {
+                    panic!("{required}=1 but no {name} device opened: {error}");
+                }
+                eprintln!("no {name} device ({error}); BackendMismatch not exercised against {name}");
+                None
+            }
+        }
+    }
+
+    fn check_mismatch(other: AnyDevice) -> Result<()> {
+        let mock = AnyDevice::mock(Profile::Discrete)?;
+        let mock_stream = mock.create_stream()?;
+        let other_stream = other.create_stream()?;
+        let other_name = other.backend();
+
+        let error = mock.allocate(64, MemoryKind::Device, &other_stream).unwrap_err();
+        match error {
+            Error::BackendMismatch {
+                operation,
+                expected,
+                found,
+            } => {
+                assert_eq!((operation, expected, found), ("allocate", "mock", other_name));
+            }
+            other => panic!("expected BackendMismatch, got {other:?}"),
+        }
+
+        let other_buffer = other.allocate(64, MemoryKind::Device, &other_stream)?;
+        let mock_buffer = mock.allocate(64, MemoryKind::Device, &mock_stream)?;
+        assert!(matches!(
+            mock_stream.write(&other_buffer, 0, &[1; 64]),
+            Err(Error::BackendMismatch { operation: "write", .. })
+        ));
+        assert!(matches!(
+            other_stream.copy(&mock_buffer, 0, &other_buffer, 0, 64),
+            Err(Error::BackendMismatch { operation: "copy", .. })
+        ));
+        let mock_event = mock.event(false)?;
+        assert!(matches!(
+            mock_event.record(&other_stream),
+            Err(Error::BackendMismatch {
+                operation: "record",
+                ..
+            })
+        ));
+        let other_fence = other.create_fence(0)?;
+        assert!(matches!(
+            mock_stream.signal(&other_fence, 1),
+            Err(Error::BackendMismatch {
+                operation: "signal",
+                ..
+            })
+        ));
+        // Both stay usable after the refusals.
+        mock_stream.fill(&mock_buffer, 0, 64, 5)?;
+        mock_stream.synchronize()?;
+        other_stream.synchronize()?;
+        Ok(())
+    }
+
+    #[cfg(feature = "vulkan")]
+    #[test]
+    fn mock_and_vulkan_handles_do_not_mix() -> Result<()> {
+        match other_backend_device("vulkan") {
+            Some(device) => check_mismatch(device),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn mock_and_cuda_handles_do_not_mix() -> Result<()> {
+        match other_backend_device("cuda") {
+            Some(device) => check_mismatch(device),
+            None => Ok(()),
+        }
+    }
+}
