@@ -11,6 +11,7 @@ use gpuhal_hal::pool::NativeBlock;
 use gpuhal_hal::{Error, Region, Result, StreamId};
 
 use crate::clock::VectorClock;
+use crate::fence::FenceState;
 use crate::raw::{ImportedHost, NativeAllocation, Target};
 
 /// `Region::native` of host imports carries this bit (native allocation ids never do).
@@ -46,6 +47,9 @@ pub(crate) enum Mode {
 struct Access {
     agent: usize,
     tick: u64,
+    /// False when the access followed a fence wait whose signal was not enqueued yet:
+    /// its order against other streams is unknown.
+    ordered: bool,
     stream: StreamId,
     operation: &'static str,
     kind: Use,
@@ -375,7 +379,13 @@ impl Checker {
         let host = self.clocks[HOST].clone();
         let clock = self.clock_mut(agent);
         clock.join(&host);
+        clock.resolve();
         clock.tick(agent)
+    }
+
+    /// `agent`'s later work waits for a fence signal not enqueued yet.
+    pub(crate) fn await_signal(&mut self, agent: usize, fence: &Arc<FenceState>, value: u64) {
+        self.clock_mut(agent).await_signal(fence, value);
     }
 
     /// What `agent` has seen so far.
@@ -409,8 +419,11 @@ impl Checker {
         if !self.check_races {
             return Ok(());
         }
-        let clock = self.clock(agent);
-        let happened_before = |prior: &Access| prior.agent == agent || clock.get(prior.agent) >= prior.tick;
+        let mut clock = self.clock(agent);
+        let ordered = clock.resolve();
+        // With an unknown order on either side, only a certain conflict is reported.
+        let happened_before =
+            |prior: &Access| !ordered || !prior.ordered || prior.agent == agent || clock.get(prior.agent) >= prior.tick;
         for touch in touches {
             let Some(key) = touch.resolved.handout else { continue };
             let Some(handout) = self.handouts.get(&key) else {
@@ -428,6 +441,7 @@ impl Checker {
                 let current = Access {
                     agent,
                     tick,
+                    ordered,
                     stream,
                     operation,
                     kind: touch.kind,
@@ -448,6 +462,7 @@ impl Checker {
             let access = Access {
                 agent,
                 tick,
+                ordered,
                 stream,
                 operation,
                 kind: touch.kind,

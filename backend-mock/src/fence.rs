@@ -30,7 +30,7 @@ pub(crate) struct FenceState {
 }
 
 impl FenceState {
-    fn new(initial: u64) -> FenceState {
+    pub(crate) fn new(initial: u64) -> FenceState {
         FenceState {
             values: Mutex::new(FenceValues {
                 value: initial,
@@ -74,6 +74,11 @@ impl FenceState {
 
     fn value(&self) -> u64 {
         self.values.lock().value
+    }
+
+    /// Whether the value is already at least `value` (the initial value, say).
+    pub(crate) fn has_reached(&self, value: u64) -> bool {
+        self.value() >= value
     }
 
     /// Remembers who signalled `value` (race checker).

@@ -208,8 +208,10 @@ impl MockStream {
                 })?;
             }
             Node::Wait { fence, value } => {
-                if let Some(clock) = fence.signal_clock(*value) {
-                    checker.join(agent, &clock);
+                match fence.signal_clock(*value) {
+                    Some(clock) => checker.join(agent, &clock),
+                    None if !fence.has_reached(*value) => checker.await_signal(agent, fence, *value),
+                    None => {}
                 }
                 guard.push(Action::WaitFence {
                     fence: fence.clone(),
