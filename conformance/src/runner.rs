@@ -70,7 +70,7 @@ where
         let started = Instant::now();
         let (device_name, outcome) = run_one(*case, opener.clone(), options.case_timeout);
         if target.is_none() {
-            target = device_name.map(|name| format!("{} ({name})", B::NAME));
+            target = device_name.map(|name| describe_target(B::NAME, &name));
         }
         results.push(CaseResult {
             name: case.name.to_string(),
@@ -140,6 +140,16 @@ fn run_one<B: Backend>(case: Case<B>, opener: Opener<B>, timeout: Duration) -> (
     }
 }
 
+/// The report header: the backend and the device, without repeating the backend name
+/// when the device's name already starts with it.
+fn describe_target(backend: &str, device: &str) -> String {
+    if device.starts_with(backend) {
+        device.to_string()
+    } else {
+        format!("{backend} ({device})")
+    }
+}
+
 /// `A | B` for the named flags in `flags`.
 pub(crate) fn flag_names(flags: Capabilities) -> String {
     let names: Vec<&str> = flags.iter_names().map(|(name, _)| name).collect();
@@ -163,6 +173,12 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_names_the_backend_once() {
+        assert_eq!(describe_target("mock", "mock (coherent)"), "mock (coherent)");
+        assert_eq!(describe_target("cuda", "NVIDIA H100"), "cuda (NVIDIA H100)");
+    }
 
     #[test]
     fn flag_names_lists_each_missing_capability() {

@@ -1,1 +1,260 @@
-fn main() {}
+//! Runs the gpuhal conformance suite on a backend and prints the report by area.
+//!
+//! ```text
+//! gpuhal-conformance [--backend mock|cuda|vulkan] [--profile discrete|coherent|minimal|all]
+//!                    [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]
+//! ```
+//!
+//! Exit status: 0 when every selected case passed or was skipped, 1 when any failed, 2 on
+//! a usage error.
+
+use std::process::ExitCode;
+
+use gpuhal_conformance::{cases, hal::Backend, Report, SuiteOptions};
+
+const USAGE: &str = "usage: gpuhal-conformance [--backend mock|cuda|vulkan] \
+[--profile discrete|coherent|minimal|all] [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]";
+
+#[derive(Debug)]
+struct Args {
+    backend: String,
+    profile: String,
+    ordinal: u32,
+    filter: Option<String>,
+    list: bool,
+    json: Option<String>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut parsed = Args {
+        backend: "mock".to_string(),
+        profile: "all".to_string(),
+        ordinal: 0,
+        filter: None,
+        list: false,
+        json: None,
+    };
+    let mut profile_given = false;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--backend" => parsed.backend = value("--backend")?,
+            "--profile" => {
+                parsed.profile = value("--profile")?;
+                profile_given = true;
+            }
+            "--ordinal" => {
+                let text = value("--ordinal")?;
+                parsed.ordinal = text
+                    .parse()
+                    .map_err(|_| format!("--ordinal expects a device number, got {text:?}"))?;
+            }
+            "--filter" => parsed.filter = Some(value("--filter")?),
+            "--json" => parsed.json = Some(value("--json")?),
+            "--list" => parsed.list = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if profile_given && parsed.backend != "mock" {
+        return Err("--profile applies to the mock backend only".to_string());
+    }
+    Ok(Some(parsed))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("gpuhal-conformance: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = SuiteOptions {
+        filter: args.filter.clone(),
+        ..SuiteOptions::default()
+    };
+    let reports = match args.backend.as_str() {
+        "mock" => run_mock(&args, &options),
+        "cuda" => run_cuda(&args, &options),
+        "vulkan" => run_vulkan(&args, &options),
+        other => Err(format!("unknown backend {other:?} (expected mock, cuda or vulkan)")),
+    };
+    let reports = match reports {
+        Ok(Some(reports)) => reports,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("gpuhal-conformance: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    for report in &reports {
+        println!("{}", report.render());
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::Value::Array(reports.iter().map(Report::to_json).collect());
+        let text = match serde_json::to_string_pretty(&json) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("gpuhal-conformance: could not encode the JSON report: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(err) = std::fs::write(path, text + "\n") {
+            eprintln!("gpuhal-conformance: could not write {path}: {err}");
+            return ExitCode::from(2);
+        }
+    }
+    if reports.iter().all(Report::is_success) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints every case (filtered) with the capabilities it needs.
+#[cfg_attr(not(any(feature = "mock", feature = "cuda", feature = "vulkan")), allow(dead_code))]
+fn list<B: Backend>(filter: Option<&str>) {
+    for case in cases::all::<B>() {
+        let path = case.path();
+        if filter.is_none_or(|f| path.contains(f)) {
+            if case.needs.is_empty() {
+                println!("{path}");
+            } else {
+                let needs: Vec<&str> = case.needs.iter_names().map(|(name, _)| name).collect();
+                println!("{path}  (needs {})", needs.join(" | "));
+            }
+        }
+    }
+}
+
+type Outcome = Result<Option<Vec<Report>>, String>;
+
+#[cfg(feature = "mock")]
+fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
+    use gpuhal_mock::{MockBackend, MockConfig, MockDevice, Profile};
+    if args.list {
+        list::<MockBackend>(options.filter.as_deref());
+        return Ok(None);
+    }
+    let profiles: Vec<Profile> = if args.profile == "all" {
+        Profile::ALL.to_vec()
+    } else {
+        vec![Profile::from_name(&args.profile).ok_or_else(|| {
+            format!(
+                "unknown profile {:?} (expected discrete, coherent, minimal or all)",
+                args.profile
+            )
+        })?]
+    };
+    let ordinal = args.ordinal;
+    let reports = profiles
+        .into_iter()
+        .map(|profile| {
+            let open = move || {
+                MockDevice::open(MockConfig {
+                    profile,
+                    ordinal,
+                    ..MockConfig::default()
+                })
+            };
+            gpuhal_conformance::run_suite_with::<MockBackend, _>(open, options)
+        })
+        .collect();
+    Ok(Some(reports))
+}
+
+#[cfg(not(feature = "mock"))]
+fn run_mock(_: &Args, _: &SuiteOptions) -> Outcome {
+    Err("this build has no mock backend (enable the `mock` feature)".to_string())
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(args: &Args, options: &SuiteOptions) -> Outcome {
+    use gpuhal_cuda::{CudaBackend, CudaDevice};
+    if args.list {
+        list::<CudaBackend>(options.filter.as_deref());
+        return Ok(None);
+    }
+    let ordinal = args.ordinal;
+    let report = gpuhal_conformance::run_suite_with::<CudaBackend, _>(move || CudaDevice::open(ordinal), options);
+    Ok(Some(vec![report]))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &Args, _: &SuiteOptions) -> Outcome {
+    Err("this build has no CUDA backend (rebuild with `--features cuda`)".to_string())
+}
+
+#[cfg(feature = "vulkan")]
+fn run_vulkan(args: &Args, options: &SuiteOptions) -> Outcome {
+    use gpuhal_vulkan::{VulkanBackend, VulkanDevice};
+    if args.list {
+        list::<VulkanBackend>(options.filter.as_deref());
+        return Ok(None);
+    }
+    let ordinal = args.ordinal;
+    let report = gpuhal_conformance::run_suite_with::<VulkanBackend, _>(move || VulkanDevice::open(ordinal), options);
+    Ok(Some(vec![report]))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn run_vulkan(_: &Args, _: &SuiteOptions) -> Outcome {
+    Err("this build has no Vulkan backend (rebuild with `--features vulkan`)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_run_every_mock_profile() {
+        let args = parse(&[]).unwrap().unwrap();
+        assert_eq!((args.backend.as_str(), args.profile.as_str()), ("mock", "all"));
+        assert!(!args.list && args.filter.is_none() && args.json.is_none());
+    }
+
+    #[test]
+    fn flags_take_separate_or_inline_values() {
+        let args = parse(&[
+            "--profile",
+            "coherent",
+            "--filter=fences/",
+            "--json",
+            "out.json",
+            "--list",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(args.profile, "coherent");
+        assert_eq!(args.filter.as_deref(), Some("fences/"));
+        assert_eq!(args.json.as_deref(), Some("out.json"));
+        assert!(args.list);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--filter"]).is_err());
+        assert!(parse(&["--ordinal", "x"]).is_err());
+        assert!(parse(&["--backend", "cuda", "--profile", "minimal"]).is_err());
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
+}

@@ -122,6 +122,26 @@ impl<B: Backend> Sentinel<B> {
     }
 }
 
+/// Signals a fence that holds a stream back when the case ends, however it ends, so an
+/// early failure does not leave a stream blocked forever (dropping it would then hang).
+pub(crate) struct OpenOnDrop<'a, B: Backend> {
+    fence: &'a B::Fence,
+    value: u64,
+}
+
+impl<'a, B: Backend> OpenOnDrop<'a, B> {
+    pub(crate) fn new(fence: &'a B::Fence, value: u64) -> Self {
+        OpenOnDrop { fence, value }
+    }
+}
+
+impl<B: Backend> Drop for OpenOnDrop<'_, B> {
+    fn drop(&mut self) {
+        // A regression error means the fence is already past the value: nothing is held.
+        let _ = gpuhal_hal::Fence::signal(self.fence, self.value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
