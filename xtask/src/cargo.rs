@@ -54,7 +54,13 @@ where
 
 /// How a command looks on a terminal, for echoing and error messages.
 pub fn display(command: &Command) -> String {
-    let mut shown = command.get_program().to_string_lossy().into_owned();
+    let program = command.get_program();
+    // The full path of the toolchain's cargo is noise; "cargo" is what a user would type.
+    let mut shown = if program == cargo_program().as_str() {
+        "cargo".to_string()
+    } else {
+        program.to_string_lossy().into_owned()
+    };
     for arg in command.get_args() {
         let arg = arg.to_string_lossy();
         if arg.is_empty() || arg.contains(char::is_whitespace) {
