@@ -128,15 +128,22 @@ fn main() -> ExitCode {
 /// Prints every case (filtered) with the capabilities it needs.
 #[cfg_attr(not(any(feature = "mock", feature = "cuda", feature = "vulkan")), allow(dead_code))]
 fn list<B: Backend>(filter: Option<&str>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     for case in cases::all::<B>() {
         let path = case.path();
-        if filter.is_none_or(|f| path.contains(f)) {
-            if case.needs.is_empty() {
-                println!("{path}");
-            } else {
-                let needs: Vec<&str> = case.needs.iter_names().map(|(name, _)| name).collect();
-                println!("{path}  (needs {})", needs.join(" | "));
-            }
+        if filter.is_some_and(|f| !path.contains(f)) {
+            continue;
+        }
+        let line = if case.needs.is_empty() {
+            writeln!(out, "{path}")
+        } else {
+            let needs: Vec<&str> = case.needs.iter_names().map(|(name, _)| name).collect();
+            writeln!(out, "{path}  (needs {})", needs.join(" | "))
+        };
+        // A closed pipe (`| head`) ends the listing quietly.
+        if line.is_err() {
+            return;
         }
     }
 }

@@ -26,6 +26,7 @@ pub(crate) fn cases<B: Backend>() -> Vec<Case<B>> {
         Case::new("cpu_regression_is_refused", area, fence, cpu_regression::<B>),
         Case::new("wait_timeout_leaves_the_fence_usable", area, fence, wait_timeout::<B>),
         Case::new("two_stream_ordering", area, fence, two_stream_ordering::<B>),
+        Case::new("wait_enqueued_before_its_signal", area, fence, wait_before_signal::<B>),
         Case::new(
             "cpu_signal_releases_a_waiting_stream",
             area,
@@ -156,6 +157,35 @@ fn two_stream_ordering<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     ensure_bytes(&read, &data, "data copied by the reader after the fence")?;
     ensure!(fence.value().during("reading")? >= 1, "the fence never reached 1");
     Ok(())
+}
+
+fn wait_before_signal<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let device = ctx.device();
+    let writer = ctx.stream()?;
+    let reader = ctx.stream()?;
+    let fence = device.create_fence(0).during("creating a fence")?;
+    let _open = OpenOnDrop::<B>::new(&fence, 1);
+    let len = MIB;
+    let data = pattern(len as usize, 37);
+    let source = device.allocate(len, MemoryKind::Device, &writer).during("allocating")?;
+    let target = device.allocate(len, MemoryKind::Device, &reader).during("allocating")?;
+    writer.fill(&source, 0, len, 0).during("clearing")?;
+    writer.synchronize().during("synchronising")?;
+    // Pipelines set up the consumer first: only the fence orders its copy after the
+    // write that is enqueued later.
+    reader.wait(&fence, 1).during("making the reader wait")?;
+    source.record_use(reader.cache());
+    reader
+        .copy(&source, 0, &target, 0, len)
+        .during("copying on the reader")?;
+    writer.write(&source, 0, &data).during("writing on the writer")?;
+    writer.signal(&fence, 1).during("signalling from the writer")?;
+    let read = read_back::<B>(&reader, &target, 0, len as usize)?;
+    ensure_bytes(
+        &read,
+        &data,
+        "data copied by a reader whose wait was enqueued before the signal",
+    )
 }
 
 fn cpu_signal_releases_stream<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
