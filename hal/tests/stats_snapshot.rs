@@ -36,3 +36,19 @@ fn stats_after_fixed_scenario() {
     insta::assert_debug_snapshot!("while_held_back", held);
     insta::assert_debug_snapshot!("after_trim", (trimmed, allocator.stats()));
 }
+
+#[test]
+fn totals_survive_dropped_streams() {
+    let allocator = CachingAllocator::new(CountingMemory::new(1 << 30));
+    {
+        let stream = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
+        for _ in 0..3 {
+            drop(allocator.allocate(4096, MemoryKind::Device, &stream).unwrap());
+        }
+    }
+    let stats = allocator.stats();
+    assert_eq!((stats.cache_hits, stats.cache_misses), (2, 1));
+    assert_eq!(stats.peak_live_bytes, 4096);
+    assert_eq!(stats.reserved_bytes, 0, "a dropped stream's idle blocks are released");
+    assert_eq!(stats.native_frees, 1);
+}

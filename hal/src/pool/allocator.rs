@@ -48,6 +48,12 @@ pub struct PoolShared<N: NativeMemory> {
     idle_bytes: AtomicI64,
     cache_limit: AtomicU64,
     failed_frees: AtomicU64,
+    /// History of shards that no longer exist (streams and their buffers all dropped),
+    /// so totals never go backwards. Atomics: a shard can be dropped while the global
+    /// lock is held.
+    retired_hits: AtomicU64,
+    retired_misses: AtomicU64,
+    retired_peak_live: AtomicU64,
     tracing: AtomicBool,
     trace: Mutex<Option<TraceRecorder>>,
     next_trace_id: AtomicU64,
@@ -113,6 +119,9 @@ impl<N: NativeMemory> CachingAllocator<N> {
             idle_bytes: AtomicI64::new(0),
             cache_limit: AtomicU64::new(config.cache_limit.unwrap_or(NO_LIMIT)),
             failed_frees: AtomicU64::new(0),
+            retired_hits: AtomicU64::new(0),
+            retired_misses: AtomicU64::new(0),
+            retired_peak_live: AtomicU64::new(0),
             tracing: AtomicBool::new(false),
             trace: Mutex::new(None),
             next_trace_id: AtomicU64::new(1),
@@ -521,7 +530,19 @@ impl<N: NativeMemory> PoolShared<N> {
             stats.cache_hits += c.hits;
             stats.cache_misses += c.misses;
         }
+        stats.cache_hits += self.retired_hits.load(Ordering::Relaxed);
+        stats.cache_misses += self.retired_misses.load(Ordering::Relaxed);
+        stats.peak_live_bytes = stats
+            .peak_live_bytes
+            .max(self.retired_peak_live.load(Ordering::Relaxed));
         stats
+    }
+
+    /// Folds a departing shard's history into the allocator's totals.
+    pub(crate) fn retire(&self, hits: u64, misses: u64, peak_live: u64) {
+        self.retired_hits.fetch_add(hits, Ordering::Relaxed);
+        self.retired_misses.fetch_add(misses, Ordering::Relaxed);
+        self.retired_peak_live.fetch_max(peak_live, Ordering::Relaxed);
     }
 
     fn trace_alloc(&self, len: u64, stream: StreamId) -> u64 {

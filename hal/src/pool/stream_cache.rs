@@ -273,6 +273,13 @@ impl<N: NativeMemory> Shard<N> {
     }
 }
 
+impl<N: NativeMemory> Drop for Shard<N> {
+    fn drop(&mut self) {
+        let c = &self.state.get_mut().counters;
+        self.shared.retire(c.hits, c.misses, c.peak_live_bytes);
+    }
+}
+
 /// What a backend's stream embeds to allocate through the caching pool: its shard, and
 /// the graph pool that serves allocations while the stream is capturing.
 pub struct StreamCache<N: NativeMemory> {
