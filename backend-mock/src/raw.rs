@@ -19,9 +19,8 @@ pub(crate) const DEVICE_ALIGNMENT: usize = 256;
 pub(crate) struct NativeAllocation {
     /// Backend token (`Region::native`).
     pub(crate) id: u64,
-    base: NonNull<u8>,
-    layout: Layout,
-    /// Offset of the aligned device address from `base`.
+    backing: Backing,
+    /// Offset of the aligned device address from the backing's base.
     skew: usize,
     /// Usable bytes from the aligned address.
     pub(crate) size: u64,
@@ -33,30 +32,24 @@ pub(crate) struct NativeAllocation {
     pub(crate) managed: Mutex<ManagedRangeInfo>,
 }
 
-// SAFETY: the allocation is plain bytes owned by this value; the pointer is only
+// SAFETY: the backing is plain bytes owned by this value; its pointer is only
 // dereferenced through `Target`, whose ranges are bounds-checked, and freed once in Drop.
-unsafe impl Send for NativeAllocation {}
+unsafe impl Send for Backing {}
 // SAFETY: as above; shared access only reads the pointer value.
-unsafe impl Sync for NativeAllocation {}
+unsafe impl Sync for Backing {}
 
 impl NativeAllocation {
     /// Allocates `size` zeroed bytes aligned to [`DEVICE_ALIGNMENT`]; `None` when the host
-    /// cannot provide them.
-    ///
-    /// The host allocation asks for 16-byte alignment and is aligned up by hand: at that
-    /// alignment the system allocator uses `calloc`, whose large blocks are lazily zeroed
-    /// pages, so a multi-gigabyte device allocation commits nothing until it is written.
+    /// cannot provide them. Pages are committed only when written, so a multi-gigabyte
+    /// device allocation costs nothing until used.
     pub(crate) fn new(id: u64, size: u64, kind: MemoryKind, graph_segment: bool) -> Option<NativeAllocation> {
         let usable = usize::try_from(size).ok().filter(|&s| s > 0)?;
-        let layout = Layout::from_size_align(usable.checked_add(DEVICE_ALIGNMENT)?, 16).ok()?;
-        // SAFETY: the layout has a non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
-        let address = base.as_ptr() as usize;
+        let backing = Backing::new(usable)?;
+        let address = backing.base().as_ptr() as usize;
         let skew = address.next_multiple_of(DEVICE_ALIGNMENT) - address;
         Some(NativeAllocation {
             id,
-            base,
-            layout,
+            backing,
             skew,
             size,
             kind,
@@ -70,19 +63,87 @@ impl NativeAllocation {
 
     /// The device address of the first usable byte.
     pub(crate) fn address(&self) -> u64 {
-        self.base.as_ptr() as u64 + self.skew as u64
+        self.backing.base().as_ptr() as u64 + self.skew as u64
     }
 
     fn start(&self) -> *mut u8 {
-        // SAFETY: `skew < DEVICE_ALIGNMENT`, and the layout reserved that many extra bytes.
-        unsafe { self.base.as_ptr().add(self.skew) }
+        // SAFETY: `skew < DEVICE_ALIGNMENT`, and the backing reserved that many extra bytes.
+        unsafe { self.backing.base().as_ptr().add(self.skew) }
     }
 }
 
-impl Drop for NativeAllocation {
+/// Below this size a heap allocation is cheaper than mapping pages.
+#[cfg(unix)]
+const MAP_AT_LEAST: usize = 1 << 20;
+
+/// Host memory behind a native allocation.
+enum Backing {
+    /// From the global allocator, asking for 16-byte alignment (the device alignment is
+    /// applied by hand: `alloc_zeroed` with a larger alignment would memset every page).
+    Heap { base: NonNull<u8>, layout: Layout },
+    /// Anonymous pages mapped for a large allocation: zero-filled on first touch and
+    /// returned to the system on free, where a heap allocator may memset reused memory.
+    #[cfg(unix)]
+    Mapped { base: NonNull<u8>, len: usize },
+}
+
+impl Backing {
+    fn new(usable: usize) -> Option<Backing> {
+        #[cfg(unix)]
+        if usable >= MAP_AT_LEAST {
+            return Self::map(usable);
+        }
+        let layout = Layout::from_size_align(usable.checked_add(DEVICE_ALIGNMENT)?, 16).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Backing::Heap { base, layout })
+    }
+
+    /// Maps `len` bytes of fresh anonymous memory (page-aligned, so already aligned for
+    /// the device).
+    #[cfg(unix)]
+    fn map(len: usize) -> Option<Backing> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing
+        // touches no existing memory; failure is reported as MAP_FAILED and checked.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return None;
+        }
+        let base = NonNull::new(address.cast::<u8>())?;
+        Some(Backing::Mapped { base, len })
+    }
+
+    fn base(&self) -> NonNull<u8> {
+        match self {
+            Backing::Heap { base, .. } => *base,
+            #[cfg(unix)]
+            Backing::Mapped { base, .. } => *base,
+        }
+    }
+}
+
+impl Drop for Backing {
     fn drop(&mut self) {
-        // SAFETY: `base` came from `alloc_zeroed(self.layout)` and is freed only here.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+        match self {
+            // SAFETY: `base` came from `alloc_zeroed(layout)` and is freed only here.
+            Backing::Heap { base, layout } => unsafe { std::alloc::dealloc(base.as_ptr(), *layout) },
+            #[cfg(unix)]
+            Backing::Mapped { base, len } => {
+                // An unmap failure leaves the pages mapped: a leak, never unsoundness.
+                // SAFETY: `base..base + len` is a mapping made by `map` and unmapped only
+                // here; nothing references it once the allocation is dropped.
+                let _ = unsafe { libc::munmap(base.as_ptr().cast(), *len) };
+            }
+        }
     }
 }
 
