@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use gpuhal_hal::{Error, NativeError, Result};
+use parking_lot::Mutex;
 
 use crate::error::Context as _;
 use crate::raw::{self, CUcontext, CUdevice};
@@ -99,11 +100,19 @@ pub fn driver_version() -> Result<i32> {
     }
 }
 
+/// Page-locked host memory that streams may still access, freed once every event in
+/// `after` has completed.
+pub(crate) struct Retired {
+    pub(crate) host: u64,
+    pub(crate) after: Vec<raw::CUevent>,
+}
+
 /// A retained primary context and the device it belongs to.
 pub(crate) struct Context {
     raw: CUcontext,
     device: CUdevice,
     ordinal: u32,
+    retired: Mutex<Vec<Retired>>,
 }
 
 // SAFETY: a CUDA context handle may be used from any thread; the driver synchronises
@@ -126,7 +135,12 @@ impl Context {
         let device = raw::device_get(index).context(|| format!("getting CUDA device {ordinal}"))?;
         let raw = raw::primary_ctx_retain(device)
             .context(|| format!("retaining the primary context of CUDA device {ordinal}"))?;
-        let ctx = Arc::new(Context { raw, device, ordinal });
+        let ctx = Arc::new(Context {
+            raw,
+            device,
+            ordinal,
+            retired: Mutex::new(Vec::new()),
+        });
         ctx.bind()?;
         Ok(ctx)
     }
@@ -157,6 +171,33 @@ impl Context {
         self.ordinal as i32
     }
 
+    /// Hands over host memory that enqueued stream work may still touch; it is freed
+    /// by [`collect_retired`](Self::collect_retired) once `after` has completed.
+    pub(crate) fn retire(&self, retired: Retired) {
+        self.retired.lock().push(retired);
+        self.collect_retired();
+    }
+
+    /// Frees retired memory whose streams have passed their events.
+    pub(crate) fn collect_retired(&self) {
+        let mut retired = self.retired.lock();
+        retired.retain_mut(|item| {
+            item.after.retain(|&event| {
+                let done = raw::event_query(event).unwrap_or(true);
+                if done {
+                    let _ = raw::event_destroy(event);
+                }
+                !done
+            });
+            if item.after.is_empty() {
+                let _ = raw::mem_free_host(item.host);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// The raw context handle.
     pub(crate) fn raw(&self) -> CUcontext {
         self.raw
@@ -165,6 +206,10 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        // What is still in use is released with the context below.
+        if self.bind().is_ok() {
+            self.collect_retired();
+        }
         // Nothing useful can be done with a failed release at drop.
         let _ = raw::primary_ctx_release(self.device);
     }

@@ -11,6 +11,9 @@
 //! issued while a stream signal of a lower value is still pending is later overwritten on
 //! the counter, so [`value`](gpuhal_hal::Fence::value) reports the maximum of the counter
 //! and the highest CPU signal.
+//!
+//! Dropping a fence releases streams still waiting on it (nothing could signal it any
+//! more) and frees the counter once every stream that used it has passed its last use.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,9 +23,10 @@ use gpuhal_hal::{check_device, Capabilities, DeviceId, Error, Result};
 use parking_lot::Mutex;
 
 use crate::context::Context;
+use crate::context::Retired;
 use crate::error::Context as _;
 use crate::raw::{self, CUdeviceptr};
-use crate::stream::CudaStream;
+use crate::stream::{CudaStream, StreamHandle};
 use crate::CudaBackend;
 
 /// Spin this long before yielding, then sleeping.
@@ -54,14 +58,6 @@ impl HostCounter {
     }
 }
 
-impl Drop for HostCounter {
-    fn drop(&mut self) {
-        if self.ctx.bind().is_ok() {
-            let _ = raw::mem_free_host(self.host);
-        }
-    }
-}
-
 /// A timeline fence: a u64 that only grows.
 pub struct CudaFence {
     counter: HostCounter,
@@ -70,11 +66,16 @@ pub struct CudaFence {
     highest: Mutex<u64>,
     /// Highest value signalled from the CPU.
     cpu_signalled: AtomicU64,
+    /// Highest value a stream was made to wait for.
+    highest_wait: AtomicU64,
+    /// Streams that signalled or waited on the counter.
+    users: Mutex<Vec<StreamHandle>>,
 }
 
 impl CudaFence {
     pub(crate) fn new(ctx: &Arc<Context>, device: DeviceId, initial: u64) -> Result<Self> {
         ctx.bind()?;
+        ctx.collect_retired();
         let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE;
         let host = raw::mem_host_alloc(8, flags)
             .context(|| format!("allocating a fence counter on CUDA device {}", ctx.ordinal()))?;
@@ -99,6 +100,8 @@ impl CudaFence {
             device,
             highest: Mutex::new(initial),
             cpu_signalled: AtomicU64::new(initial),
+            highest_wait: AtomicU64::new(0),
+            users: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,6 +115,13 @@ impl CudaFence {
             .atomic()
             .load(Ordering::Acquire)
             .max(self.cpu_signalled.load(Ordering::Acquire))
+    }
+
+    fn note_user(&self, stream: &CudaStream) {
+        let mut users = self.users.lock();
+        if !users.iter().any(|u| u.id() == stream.id_inner()) {
+            users.push(stream.handle().clone());
+        }
     }
 
     fn check_stream(&self, operation: &'static str, stream: &CudaStream) -> Result<()> {
@@ -141,6 +151,8 @@ impl CudaFence {
         raw::stream_write_value64(stream.raw(), self.counter.device, value)
             .context(|| format!("enqueueing a fence signal to {value} on stream {}", stream.id_inner().0))?;
         *highest = value;
+        drop(highest);
+        self.note_user(stream);
         Ok(())
     }
 
@@ -155,7 +167,49 @@ impl CudaFence {
                 "making stream {} wait for a fence to reach {value}",
                 stream.id_inner().0
             )
-        })
+        })?;
+        self.highest_wait.fetch_max(value, Ordering::AcqRel);
+        self.note_user(stream);
+        Ok(())
+    }
+}
+
+impl Drop for CudaFence {
+    /// Releases streams still waiting on the fence (nothing could signal it any more), and
+    /// frees the counter only once every stream that used it has passed its last use.
+    fn drop(&mut self) {
+        let ctx = &self.counter.ctx;
+        if ctx.bind().is_err() {
+            // Leaked: released with the context.
+            return;
+        }
+        let waited = self.highest_wait.load(Ordering::Acquire);
+        self.counter.atomic().fetch_max(waited, Ordering::AcqRel);
+        let mut after = Vec::new();
+        for stream in std::mem::take(self.users.get_mut()) {
+            let recorded = raw::event_create(false).and_then(|event| match raw::event_record(event, stream.raw()) {
+                Ok(()) => Ok(event),
+                Err(err) => {
+                    let _ = raw::event_destroy(event);
+                    Err(err)
+                }
+            });
+            match recorded {
+                Ok(event) => after.push(event),
+                // Without a marker the counter may still be written: keep it (it is
+                // released with the context) rather than free memory a stream may write.
+                Err(_) => {
+                    for event in after {
+                        let _ = raw::event_destroy(event);
+                    }
+                    return;
+                }
+            }
+        }
+        ctx.retire(Retired {
+            host: self.counter.host,
+            after,
+        });
     }
 }
 

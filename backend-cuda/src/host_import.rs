@@ -5,7 +5,9 @@
 //!    platform such as Grace Hopper / Grace Blackwell); the device address is the host
 //!    address. Optionally prefetched towards the device.
 //! 2. `Registered`: `cuMemHostRegister` page-locks and maps the enclosing page-aligned
-//!    range (read-only where the device supports it); undone when the import drops.
+//!    range, undone when the import drops. Read-only registration is used first when
+//!    the data spans whole pages, and as the fallback otherwise (pages shared with
+//!    neighbouring allocations must stay writable for them).
 //! 3. `Copied`: a device copy, only when the policy allows it. On platforms where
 //!    registration returns `CUDA_ERROR_NOT_SUPPORTED` a silent copy duplicated whole
 //!    models; here a refused copy is an [`Error::ImportRefused`] that lists every path
@@ -100,37 +102,56 @@ pub(crate) fn import_host<'a>(
         let page = raw::page_size();
         let base = start & !(page - 1);
         let end = (start + len).div_ceil(page) * page;
-        let mut flags =
+        let plain =
             cudarc::driver::sys::CU_MEMHOSTREGISTER_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE;
-        if device.read_only_register() {
-            flags |= cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY;
-        }
-        match raw::mem_host_register(base, end - base, flags) {
-            Err(native) => tried.push(format!(
-                "registered: {} of {} bytes at {base:#x} (the page-aligned range around the data) returned {} ({})",
-                native.call,
-                end - base,
-                native.name,
-                native.code
-            )),
-            Ok(()) => {
-                let undo = Registration {
-                    ctx: device.ctx().clone(),
-                    base,
-                };
-                match raw::mem_host_get_device_pointer(base) {
-                    Ok(mapped) => {
-                        stats.lock().registered += 1;
-                        return Ok(HostImport::new(
-                            region(mapped + (start - base), MemoryKind::HostPinned),
-                            ImportPath::Registered,
-                            Box::new(undo),
-                        ));
+        let read_only = plain | cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY;
+        // Registration covers whole pages. Read-only registration of pages shared with
+        // neighbouring allocations would make the driver refuse to copy into those
+        // neighbours, so it goes first only when the data spans whole pages; otherwise it
+        // is the fallback for memory that cannot be pinned writable (a read-only mmap).
+        let whole_pages = base == start && end == start + len;
+        let attempts: &[(u32, &str)] = match (device.read_only_register(), whole_pages) {
+            (false, _) => &[(plain, "")],
+            (true, true) => &[(read_only, " (read-only)"), (plain, "")],
+            (true, false) => &[(plain, ""), (read_only, " (read-only)")],
+        };
+        for &(flags, how) in attempts {
+            match raw::mem_host_register(base, end - base, flags) {
+                Err(native) => {
+                    tried.push(format!(
+                        "registered: {}{how} of {} bytes at {base:#x} (the page-aligned range around the data) \
+                         returned {} ({})",
+                        native.call,
+                        end - base,
+                        native.name,
+                        native.code
+                    ));
+                    if native.name == "CUDA_ERROR_NOT_SUPPORTED" {
+                        break;
                     }
-                    Err(native) => tried.push(format!(
-                        "registered: registration succeeded but {} returned {} ({})",
-                        native.call, native.name, native.code
-                    )),
+                }
+                Ok(()) => {
+                    let undo = Registration {
+                        ctx: device.ctx().clone(),
+                        base,
+                    };
+                    match raw::mem_host_get_device_pointer(base) {
+                        Ok(mapped) => {
+                            stats.lock().registered += 1;
+                            return Ok(HostImport::new(
+                                region(mapped + (start - base), MemoryKind::HostPinned),
+                                ImportPath::Registered,
+                                Box::new(undo),
+                            ));
+                        }
+                        Err(native) => {
+                            tried.push(format!(
+                                "registered: registration succeeded but {} returned {} ({})",
+                                native.call, native.name, native.code
+                            ));
+                            break;
+                        }
+                    }
                 }
             }
         }

@@ -89,6 +89,7 @@ fn gpu_device_memory_round_trip_and_caching() {
         stream.read(&b, 0, &mut out).unwrap();
         assert!(out.iter().all(|&x| x == 0xAB));
     }
+    drop(device.allocate(1 << 20, MemoryKind::Device, &stream).unwrap());
     let before = device.memory_stats();
     for _ in 0..100 {
         let a = device.allocate(1 << 20, MemoryKind::Device, &stream).unwrap();
@@ -258,16 +259,20 @@ fn gpu_fences_are_timelines() {
     }
     let s = device.create_stream().unwrap();
     let buffer = device.allocate(4096, MemoryKind::Device, &s).unwrap();
-    // The stream waits on the device for a CPU signal.
-    s.wait(&fence, 3).unwrap();
+    // The stream waits on the device for a CPU signal of `gate`, then signals `done`.
+    let gate = device.create_fence(0).unwrap();
+    let done = device.create_fence(0).unwrap();
+    s.wait(&gate, 1).unwrap();
     s.fill(&buffer, 0, 4096, 42).unwrap();
-    s.signal(&fence, 4).unwrap();
-    assert!(matches!(s.signal(&fence, 3), Err(Error::FenceRegressed { .. })));
+    s.signal(&done, 1).unwrap();
+    assert!(matches!(s.signal(&done, 0), Err(Error::FenceRegressed { .. })));
+    // A CPU signal below a value already enqueued regresses too.
+    assert!(matches!(done.signal(0), Err(Error::FenceRegressed { .. })));
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(fence.value().unwrap(), 2, "the stream ran past its fence wait");
+    assert_eq!(done.value().unwrap(), 0, "the stream ran past its fence wait");
     let t = Instant::now();
-    fence.signal(3).unwrap();
-    fence.wait(4, Duration::from_secs(5)).unwrap();
+    gate.signal(1).unwrap();
+    done.wait(1, Duration::from_secs(5)).unwrap();
     eprintln!(
         "CPU signal -> stream releases -> stream signals -> CPU sees it: {:?}",
         t.elapsed()
@@ -275,6 +280,12 @@ fn gpu_fences_are_timelines() {
     let mut host = vec![0u8; 4096];
     s.read(&buffer, 0, &mut host).unwrap();
     assert!(host.iter().all(|&x| x == 42));
+
+    // Dropping a fence a stream still waits on releases the stream (no hang at teardown).
+    let orphan = device.create_fence(0).unwrap();
+    s.wait(&orphan, 100).unwrap();
+    drop(orphan);
+    s.synchronize().unwrap();
 
     // Across two streams: b waits for a's signal.
     let a = device.create_stream().unwrap();
@@ -526,4 +537,85 @@ fn gpu_timings() {
     assert!(hit < miss, "the cache hit path is slower than the driver");
     let _ = CudaBackend;
     let _ = AsRegion::region(&device.allocate(1, MemoryKind::Device, &s).unwrap());
+}
+
+/// Eight threads with their own streams repeat the same sizes: the caches must serve
+/// most of the requests.
+#[test]
+fn gpu_threads_with_repeated_sizes_hit_their_caches() {
+    let device = gpu!();
+    let streams: Vec<_> = (0..8).map(|_| device.create_stream().unwrap()).collect();
+    let before = device.memory_stats();
+    std::thread::scope(|scope| {
+        for (index, stream) in streams.iter().enumerate() {
+            let device = &device;
+            scope.spawn(move || {
+                for round in 0..20u64 {
+                    let size = (1 + index as u64 % 4) * 16 * 1024 + index as u64 * 512 + 7;
+                    let a = device.allocate(size, MemoryKind::Device, stream).unwrap();
+                    let b = device.allocate(size, MemoryKind::Device, stream).unwrap();
+                    stream.fill(&a, 0, size, round as u8).unwrap();
+                    stream.copy(&a, 0, &b, 0, size).unwrap();
+                    let mut out = vec![0u8; 16];
+                    stream.read(&b, 0, &mut out).unwrap();
+                    assert!(out.iter().all(|&x| x == round as u8));
+                }
+            });
+        }
+    });
+    let after = device.memory_stats();
+    eprintln!("before {before:?}\nafter  {after:?}");
+    assert!(
+        after.cache_hits - before.cache_hits >= 8 * 19,
+        "eight threads of repeated sizes made {} cache hits",
+        after.cache_hits - before.cache_hits
+    );
+}
+
+/// A read-only mmap'd file (how model weights arrive) imports by registration, and
+/// reads back through the device.
+#[test]
+fn gpu_host_import_of_a_read_only_mmap() {
+    let device = gpu!();
+    if !device.capabilities().contains(Capabilities::HOST_REGISTER) {
+        eprintln!("skipped: no HOST_REGISTER");
+        return;
+    }
+    let s = device.create_stream().unwrap();
+    let len = (2 << 20) + 100;
+    let contents: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    let path = std::env::temp_dir().join(format!("gpuhal-cuda-import-{}", std::process::id()));
+    std::fs::write(&path, &contents).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps `len` bytes of a file we just wrote, read-only and private.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
+    let host = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
+    let policy = ImportPolicy {
+        allow_coherent: false,
+        ..ImportPolicy::ZERO_COPY
+    };
+    {
+        let import = device.import_host(host, policy, &s).unwrap();
+        assert_eq!(import.path(), ImportPath::Registered);
+        let copy = device.allocate(len as u64, MemoryKind::Device, &s).unwrap();
+        s.copy(&import, 0, &copy, 0, len as u64).unwrap();
+        let mut out = vec![0u8; len];
+        s.read(&copy, 0, &mut out).unwrap();
+        assert_eq!(out, contents);
+    }
+    // SAFETY: the import that borrowed the mapping has been dropped.
+    assert_eq!(unsafe { libc::munmap(map, len) }, 0);
+    let _ = std::fs::remove_file(&path);
 }
