@@ -247,7 +247,12 @@ impl Error {
     pub fn is_out_of_memory(&self) -> bool {
         match self {
             Error::OutOfMemory { .. } => true,
-            Error::Native { native, .. } => native.name.contains("OUT_OF_MEMORY"),
+            // CUDA_ERROR_OUT_OF_MEMORY; VK_ERROR_OUT_OF_DEVICE_MEMORY / _HOST_MEMORY.
+            Error::Native { native, .. } => {
+                native.name.contains("OUT_OF_MEMORY")
+                    || native.name.contains("OUT_OF_DEVICE_MEMORY")
+                    || native.name.contains("OUT_OF_HOST_MEMORY")
+            }
             _ => false,
         }
     }

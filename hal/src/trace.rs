@@ -146,14 +146,17 @@ impl Trace {
 ///
 /// ```
 /// use gpuhal_hal::trace::{Trace, TraceEvent, TraceRecorder};
+/// # fn main() -> gpuhal_hal::Result<()> {
 /// let path = std::env::temp_dir().join("gpuhal-trace-doc.jsonl.gz");
-/// let mut recorder = TraceRecorder::create("demo", &path).unwrap();
+/// let mut recorder = TraceRecorder::create("demo", &path)?;
 /// recorder.record(&TraceEvent::alloc(0, 1024, 0));
 /// recorder.record(&TraceEvent::free(0, 1024, 0));
-/// recorder.finish().unwrap();
-/// let trace = Trace::read(&path).unwrap();
+/// recorder.finish()?;
+/// let trace = Trace::read(&path)?;
 /// assert_eq!(trace.events.len(), 2);
 /// assert_eq!(trace.peak_live_bytes(), 1024);
+/// # Ok(())
+/// # }
 /// ```
 pub struct TraceRecorder {
     out: Box<dyn Write + Send>,

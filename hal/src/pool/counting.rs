@@ -46,12 +46,15 @@ pub struct CountingMarker {
 /// ```
 /// use gpuhal_hal::pool::{CachingAllocator, CountingMemory, CountingStream};
 /// use gpuhal_hal::{MemoryKind, StreamId};
+/// # fn main() -> gpuhal_hal::Result<()> {
 /// let allocator = CachingAllocator::new(CountingMemory::new(1 << 30));
 /// let stream = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
-/// let first = allocator.allocate(4096, MemoryKind::Device, &stream).unwrap().address();
-/// let second = allocator.allocate(4096, MemoryKind::Device, &stream).unwrap().address();
+/// let first = allocator.allocate(4096, MemoryKind::Device, &stream)?.address();
+/// let second = allocator.allocate(4096, MemoryKind::Device, &stream)?.address();
 /// assert_eq!(first, second, "the block came back from the cache");
 /// assert_eq!(allocator.stats().native_allocations, 1);
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct CountingMemory {
