@@ -159,6 +159,20 @@ impl CudaStream {
     }
 }
 
+impl Drop for CudaStream {
+    /// A capture still open is abandoned, so the native stream is destroyed idle.
+    fn drop(&mut self) {
+        if self.capture.get_mut().take().is_some() {
+            self.cache.end_capture();
+            if self.bind().is_ok() {
+                if let Ok(graph) = raw::stream_end_capture(self.raw()) {
+                    let _ = raw::graph_destroy(graph);
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for CudaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaStream")

@@ -366,6 +366,12 @@ fn gpu_graphs_capture_replay_update() {
         );
     }
     assert!(matches!(s.end_capture(), Err(Error::CaptureState(_))));
+    // A stream dropped mid-capture abandons the capture.
+    let t = device.create_stream().unwrap();
+    t.begin_capture(&pool).unwrap();
+    t.fill(&out, 0, 16, 1).unwrap();
+    drop(t);
+    s.synchronize().unwrap();
 }
 
 #[test]
