@@ -87,6 +87,11 @@ pub(crate) struct DeviceShared {
     /// Streams with held batches (see [`crate::queue`]).
     pub(crate) held: Mutex<Vec<Weak<StreamNative>>>,
     pub(crate) next_fake_address: AtomicU64,
+    /// Timeline semaphores no longer used, kept for reuse and destroyed with the device
+    /// (see [`Timeline::new`]).
+    pub(crate) retired_semaphores: Mutex<Vec<vk::Semaphore>>,
+    /// Bytes allocated per memory heap.
+    pub(crate) heap_used: Mutex<Vec<u64>>,
     /// 1 KiB of host-visible memory: four bytes of value `v` at offset `4 v`, the source of
     /// the unaligned head and tail bytes of a fill.
     pub(crate) pattern: OnceLock<RawBuffer>,
@@ -119,6 +124,10 @@ impl Drop for DeviceShared {
         }
         if let Some(pattern) = self.pattern.take() {
             self.destroy_buffer(pattern);
+        }
+        for semaphore in self.retired_semaphores.get_mut().drain(..) {
+            // SAFETY: the device is idle; no batch refers to a retired semaphore.
+            unsafe { self.device.destroy_semaphore(semaphore, None) };
         }
         // SAFETY: the device is idle and no child object remains; the instance outlives
         // the device until here.
@@ -386,6 +395,8 @@ impl VulkanDevice {
             streams: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             next_fake_address: AtomicU64::new(1 << 62),
+            retired_semaphores: Mutex::new(Vec::new()),
+            heap_used: Mutex::new(vec![0; memory_properties.memory_heap_count as usize]),
             pattern: OnceLock::new(),
         });
         // From here `shared` owns the instance and device.
@@ -564,6 +575,7 @@ impl gpuhal_hal::Device<VulkanBackend> for VulkanDevice {
     fn memory_info(&self) -> Result<(u64, u64)> {
         let heap = self.shared.device_heap();
         let total = self.shared.memory_properties.memory_heaps[heap].size;
+        let mut free = total.saturating_sub(self.shared.heap_used(heap));
         if self.shared.memory_budget {
             let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
             let mut props = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
@@ -573,11 +585,10 @@ impl gpuhal_hal::Device<VulkanBackend> for VulkanDevice {
                     .instance
                     .get_physical_device_memory_properties2(self.shared.physical, &mut props)
             };
-            let free = budget.heap_budget[heap].saturating_sub(budget.heap_usage[heap]);
-            return Ok((free.min(total), total));
+            // The budget counts other processes too.
+            free = free.min(budget.heap_budget[heap].saturating_sub(budget.heap_usage[heap]));
         }
-        let reserved = self.allocator.stats().reserved_bytes;
-        Ok((total.saturating_sub(reserved), total))
+        Ok((free, total))
     }
 
     fn synchronize(&self) -> Result<()> {

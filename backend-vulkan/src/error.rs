@@ -29,3 +29,23 @@ impl<T> VkResultExt<T> for Result<T, vk::Result> {
         self.map_err(|result| vk_error(context(), call, result))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_vk_symbols_and_oom_is_recognised() {
+        let err = vk_error("allocating", "vkAllocateMemory", vk::Result::ERROR_OUT_OF_DEVICE_MEMORY);
+        match &err {
+            Error::Native { native, .. } => {
+                assert_eq!(native.name, "VK_ERROR_OUT_OF_DEVICE_MEMORY");
+                assert_eq!(native.code, -2);
+                assert_eq!(native.call, "vkAllocateMemory");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.is_out_of_memory());
+        assert!(!vk_error("x", "vkQueueSubmit", vk::Result::ERROR_DEVICE_LOST).is_out_of_memory());
+    }
+}

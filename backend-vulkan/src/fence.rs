@@ -42,7 +42,7 @@ impl VulkanFence {
     ) -> Result<VulkanFence> {
         Ok(VulkanFence {
             shared: shared.clone(),
-            timeline: Timeline::new(shared, initial)?,
+            timeline: Timeline::new(shared, Some(initial))?,
             host_signals,
             highest: Mutex::new(initial),
         })

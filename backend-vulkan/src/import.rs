@@ -212,5 +212,6 @@ fn import_as(
         size,
         mapped: None,
         device_address: shared.device_address(buffer),
+        heap: None,
     })
 }

@@ -10,7 +10,7 @@ use gpuhal_hal::{DeviceId, Error, MemoryKind, MemoryStats, Region, Result};
 use parking_lot::Mutex;
 
 use crate::device::DeviceShared;
-use crate::error::VkResultExt;
+use crate::error::{vk_error, VkResultExt};
 use crate::queue::{StreamNative, Timeline};
 
 /// A host pointer into persistently mapped device memory.
@@ -42,6 +42,9 @@ pub(crate) struct RawBuffer {
     pub(crate) mapped: Option<MappedPtr>,
     /// The buffer device address, or 0 where the device has none.
     pub(crate) device_address: u64,
+    /// The heap the memory was counted against, and the bytes counted (none for
+    /// imported host memory).
+    pub(crate) heap: Option<(usize, u64)>,
 }
 
 /// Usage of every buffer gpuhal creates: transfers both ways, and storage so framework
@@ -127,14 +130,23 @@ impl DeviceShared {
             .choose_memory_type(requirements.memory_type_bits, placement)
             .ok_or_else(|| Error::invalid("allocate", format!("no Vulkan memory type suits {kind:?} memory")))?;
         let heap = self.memory_properties.memory_types[type_index as usize].heap_index as usize;
-        if requirements.size > self.memory_properties.memory_heaps[heap].size {
-            return Err(Error::OutOfMemory {
-                requested: size,
-                kind,
-                limit: Some(self.memory_properties.memory_heaps[heap].size),
-                stats: Box::new(MemoryStats::default()),
-            });
+        let heap_size = self.memory_properties.memory_heaps[heap].size;
+        {
+            // The heap size is the ceiling, even where the driver would overcommit (a
+            // CPU driver handing out host memory): running out is then deterministic,
+            // and the caching pool's release-and-retry works everywhere.
+            let mut used = self.heap_used.lock();
+            if used[heap] + requirements.size > heap_size {
+                return Err(Error::OutOfMemory {
+                    requested: size,
+                    kind,
+                    limit: Some(heap_size),
+                    stats: Box::new(MemoryStats::default()),
+                });
+            }
+            used[heap] += requirements.size;
         }
+        let unreserve = || self.heap_used.lock()[heap] -= requirements.size;
         let mut flags = vk::MemoryAllocateFlagsInfo::default().flags(vk::MemoryAllocateFlags::DEVICE_ADDRESS);
         let mut info = vk::MemoryAllocateInfo::default()
             .allocation_size(requirements.size)
@@ -143,19 +155,27 @@ impl DeviceShared {
             info = info.push_next(&mut flags);
         }
         // SAFETY: `info` names a memory type of this device; freed by `destroy_buffer`.
-        let memory = unsafe { self.device.allocate_memory(&info, None) }.vk("vkAllocateMemory", what)?;
+        let memory = match unsafe { self.device.allocate_memory(&info, None) } {
+            Ok(memory) => memory,
+            Err(result) => {
+                unreserve();
+                return Err(vk_error(what(), "vkAllocateMemory", result));
+            }
+        };
         let raw = RawBuffer {
             buffer,
             memory,
             size,
             mapped: None,
             device_address: 0,
+            heap: Some((heap, requirements.size)),
         };
         match self.finish_buffer(raw, placement) {
             Ok(raw) => Ok(raw),
             Err((memory, err)) => {
                 // SAFETY: the memory was allocated above and is not in use.
                 unsafe { self.device.free_memory(memory, None) };
+                unreserve();
                 Err(err)
             }
         }
@@ -210,6 +230,14 @@ impl DeviceShared {
             self.device.destroy_buffer(raw.buffer, None);
             self.device.free_memory(raw.memory, None);
         }
+        if let Some((heap, bytes)) = raw.heap {
+            self.heap_used.lock()[heap] -= bytes;
+        }
+    }
+
+    /// Bytes allocated from `heap` and not yet freed.
+    pub(crate) fn heap_used(&self, heap: usize) -> u64 {
+        self.heap_used.lock()[heap]
     }
 
     /// Makes `buffer` (of `size` bytes) resolvable from regions.
@@ -328,6 +356,26 @@ impl VulkanMemory {
         }
     }
 
+    /// Out of memory: waits for the queued work that deferred frees wait for, and frees
+    /// them. Returns whether anything was freed.
+    fn wait_deferred(&self) -> bool {
+        let waiting: Vec<Deferred> = std::mem::take(&mut *self.deferred.lock());
+        let mut freed = false;
+        for entry in waiting {
+            let queued = entry.after.iter().all(|(timeline, value)| {
+                timeline.submitted.load(std::sync::atomic::Ordering::Acquire) >= *value
+                    && timeline.wait(*value, None).unwrap_or(false)
+            });
+            if queued {
+                self.shared.destroy_buffer(entry.raw);
+                freed = true;
+            } else {
+                self.deferred.lock().push(entry);
+            }
+        }
+        freed
+    }
+
     /// Blocks waiting on a stream's timeline before they are freed (test hook).
     pub fn deferred_frees(&self) -> usize {
         self.poll_deferred();
@@ -368,7 +416,12 @@ impl NativeMemory for VulkanMemory {
         };
         // Vulkan allocation is immediate, so the block is usable by any stream (and
         // during capture) without ordering on `_stream`.
-        let raw = self.shared.create_buffer(size, placement, kind)?;
+        let raw = match self.shared.create_buffer(size, placement, kind) {
+            Err(err) if err.is_out_of_memory() && self.wait_deferred() => {
+                self.shared.create_buffer(size, placement, kind)?
+            }
+            other => other?,
+        };
         let address = self.shared.reported_address(&raw);
         let native = ash::vk::Handle::as_raw(raw.buffer);
         self.shared.register(raw.buffer, size);

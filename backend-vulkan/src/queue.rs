@@ -43,19 +43,45 @@ impl std::fmt::Debug for Timeline {
 }
 
 impl Timeline {
-    /// A new timeline semaphore starting at `initial`.
-    pub(crate) fn new(shared: &Arc<DeviceShared>, initial: u64) -> Result<Arc<Timeline>> {
+    /// A timeline semaphore at `initial`, or (with `None`) at whatever value a recycled
+    /// semaphore has reached: read it from [`Timeline::submitted`].
+    ///
+    /// Semaphores are recycled, never destroyed before the device: a driver may still
+    /// touch a semaphore that a completed batch waited on after the batch's own signal
+    /// is visible (Mesa's queue releases wait points after signalling), so destroying
+    /// it on completion would race with the driver.
+    pub(crate) fn new(shared: &Arc<DeviceShared>, initial: Option<u64>) -> Result<Arc<Timeline>> {
+        let recycled = shared.retired_semaphores.lock().pop();
+        if let Some(semaphore) = recycled {
+            // SAFETY: a retired semaphore is live and no pending batch signals it.
+            match unsafe { shared.device.get_semaphore_counter_value(semaphore) } {
+                Ok(current) if initial.is_none_or(|v| v >= current) => {
+                    let timeline = Arc::new(Timeline {
+                        shared: shared.clone(),
+                        semaphore,
+                        submitted: AtomicU64::new(current),
+                    });
+                    if let Some(value) = initial.filter(|&v| v > current) {
+                        timeline.signal_from_host(value)?;
+                    }
+                    return Ok(timeline);
+                }
+                _ => shared.retired_semaphores.lock().push(semaphore),
+            }
+        }
+        let start = initial.unwrap_or(0);
         let mut kind = vk::SemaphoreTypeCreateInfo::default()
             .semaphore_type(vk::SemaphoreType::TIMELINE)
-            .initial_value(initial);
+            .initial_value(start);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
-        // SAFETY: valid create info chain; the semaphore is destroyed in `Drop`.
+        // SAFETY: valid create info chain; the semaphore is retired in `Drop` and
+        // destroyed with the device.
         let semaphore = unsafe { shared.device.create_semaphore(&info, None) }
             .vk("vkCreateSemaphore", || "creating a timeline semaphore".into())?;
         Ok(Arc::new(Timeline {
             shared: shared.clone(),
             semaphore,
-            submitted: AtomicU64::new(initial),
+            submitted: AtomicU64::new(start),
         }))
     }
 
@@ -119,8 +145,7 @@ impl Drop for Timeline {
         // Every batch that signals or waits on this semaphore keeps it alive until the
         // batch completes, so only this semaphore's own signals can still be pending.
         let _ = self.wait(submitted, None);
-        // SAFETY: no submitted batch refers to the semaphore any more.
-        unsafe { self.shared.device.destroy_semaphore(self.semaphore, None) };
+        self.shared.retired_semaphores.lock().push(self.semaphore);
     }
 }
 
@@ -197,7 +222,8 @@ impl std::fmt::Debug for StreamNative {
 impl StreamNative {
     /// A new stream on the device's queue.
     pub(crate) fn new(shared: &Arc<DeviceShared>, id: StreamId) -> Result<Arc<StreamNative>> {
-        let timeline = Timeline::new(shared, 0)?;
+        let timeline = Timeline::new(shared, None)?;
+        let start = timeline.submitted.load(Ordering::Acquire);
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(shared.queue_family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER | vk::CommandPoolCreateFlags::TRANSIENT);
@@ -209,7 +235,7 @@ impl StreamNative {
             timeline,
             id,
             state: Mutex::new(StreamState {
-                last: 0,
+                last: start,
                 pending_waits: Vec::new(),
                 held: VecDeque::new(),
                 registered_held: false,
