@@ -8,18 +8,23 @@ use gpuhal_hal::{
 };
 use gpuhal_vulkan::{loader_available, VulkanDevice};
 
-/// The device to test on, or `None` with the reason printed.
+/// The device to test on, or `None` with the reason printed. With
+/// `GPUHAL_REQUIRE_VULKAN=1` (CI, where lavapipe is installed) a missing device fails
+/// the test instead.
 fn device(test: &str) -> Option<VulkanDevice> {
+    let skip = |reason: String| {
+        if std::env::var("GPUHAL_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+            panic!("{test}: GPUHAL_REQUIRE_VULKAN=1 but {reason}");
+        }
+        eprintln!("SKIPPED {test}: {reason}");
+        None
+    };
     if !loader_available() {
-        eprintln!("SKIPPED {test}: no Vulkan loader (libvulkan.so.1) on this machine");
-        return None;
+        return skip("no Vulkan loader (libvulkan.so.1) on this machine".into());
     }
     match VulkanDevice::open(0) {
         Ok(device) => Some(device),
-        Err(err) => {
-            eprintln!("SKIPPED {test}: no usable Vulkan device: {err}");
-            None
-        }
+        Err(err) => skip(format!("no usable Vulkan device: {err}")),
     }
 }
 
