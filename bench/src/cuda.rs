@@ -15,7 +15,7 @@ use gpuhal_hal::{AsRegion, Device, MemoryKind, Stream};
 
 use crate::harness::{each_us, ns_per_op, thread_cpu_time, Settings, Summary};
 use crate::report::Report;
-use crate::suite::{native_row_specs, ChurnPlan, Step, SuiteOptions, GRAPH_OPS, HIT_SIZES};
+use crate::suite::{native_row_specs, run_steps, ChurnPlan, Step, SuiteOptions, GRAPH_OPS, HIT_SIZES};
 
 /// Sizes on a GPU: the targets' 1 GiB Device copy; managed buffers of 512 MiB each, so
 /// managed memory in use never passes 1 GiB.
@@ -353,16 +353,12 @@ impl crate::Baselines<CudaBackend> for Baselines {
     fn run(&self, device: &CudaDevice, settings: &Settings, options: &SuiteOptions, report: &mut Report) -> Result<()> {
         self.bind()?;
         let steps: [Step; 5] = [
-            ("native alloc/free pairs", &|r| self.alloc_pairs(settings, r)),
-            ("native churn", &|r| self.churn(settings, r)),
-            ("native events", &|r| self.events(settings, r)),
-            ("native graphs", &|r| self.graphs(settings, r)),
-            ("native bandwidth", &|r| self.bandwidth(device, settings, options, r)),
+            ("cache-hit (native)", &|r| self.alloc_pairs(settings, r)),
+            ("churn (native)", &|r| self.churn(settings, r)),
+            ("events (native)", &|r| self.events(settings, r)),
+            ("graph replay (native)", &|r| self.graphs(settings, r)),
+            ("bandwidth (native)", &|r| self.bandwidth(device, settings, options, r)),
         ];
-        for (name, step) in steps {
-            eprintln!("  {name} …");
-            step(report).with_context(|| format!("baseline {name}"))?;
-        }
-        Ok(())
+        run_steps(&steps, settings, report, "baseline")
     }
 }

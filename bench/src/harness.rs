@@ -5,13 +5,20 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// How much work each benchmark does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Run each benchmark a handful of iterations, only to prove it works.
     pub smoke: bool,
+    /// Run only the benchmarks whose step names contain one of these (all when empty).
+    pub only: Vec<String>,
 }
 
 impl Settings {
+    /// Whether the step called `name` runs.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|wanted| name.contains(wanted.as_str()))
+    }
+
     /// Timed batches per benchmark; the median is taken over them.
     pub fn batches(&self) -> usize {
         if self.smoke {

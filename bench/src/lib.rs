@@ -68,8 +68,10 @@ pub fn run_suite<B: Backend>(
     trace: Option<&Path>,
 ) -> Result<Report> {
     let mut report = Report::new("suite", settings.smoke);
-    eprintln!("gpuhal-bench: caching pool alone …");
-    suite::pool_alone_rows(settings, &mut report)?;
+    if settings.wants("pool alone") {
+        eprintln!("gpuhal-bench: caching pool alone …");
+        suite::pool_alone_rows(settings, &mut report)?;
+    }
     {
         let device = open()?;
         report.device = Some(device_summary::<B>(&device));
@@ -78,7 +80,7 @@ pub fn run_suite<B: Backend>(
         eprintln!("gpuhal-bench: native baselines …");
         baselines.run(&device, settings, options, &mut report)?;
     }
-    match find_trace(trace) {
+    match find_trace(trace).filter(|_| settings.wants("trace")) {
         Some(path) => {
             eprintln!("gpuhal-bench: replaying {} …", path.display());
             let trace = gpuhal_hal::trace::Trace::read(&path)?;
@@ -87,7 +89,11 @@ pub fn run_suite<B: Backend>(
             suite::trace_rows::<B>(&device, &trace, &mut report)?;
         }
         None => {
-            let why = "trace not found: pass --trace PATH";
+            let why = if settings.wants("trace") {
+                "trace not found: pass --trace PATH"
+            } else {
+                "not selected by --only"
+            };
             report.missing(
                 "trace.ns_per_event",
                 "trace",

@@ -35,6 +35,11 @@ enum Command {
         /// Device ordinal.
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// Run only the benchmarks whose names contain one of these (comma-separated):
+        /// pool, cache-hit, churn, thread, events, fences, graph replay, graph memory,
+        /// bandwidth, trace.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
         /// Platform the mock imitates.
         #[arg(long, value_enum, default_value_t = MockProfile::Discrete)]
         profile: MockProfile,
@@ -106,9 +111,10 @@ fn run(cli: Cli) -> Result<()> {
             out,
             trace,
             device,
+            only,
             profile,
         } => {
-            let settings = Settings { smoke };
+            let settings = Settings { smoke, only };
             let mut report = suite(backend, &settings, device, profile, trace.as_deref())?;
             let name = format!("suite-{}{}", backend.name(), if smoke { "-smoke" } else { "" });
             publish(&mut report, &out.unwrap_or_else(default_out), &name)

@@ -16,10 +16,12 @@ pub const OPTIONS: SuiteOptions = SuiteOptions {
     managed_copy_bytes: 32 << 20,
 };
 
-/// Opens a mock device imitating `profile`, with default settings otherwise.
+/// Opens a mock device imitating `profile`. The race checker (vector clocks on every
+/// operation) is off: it is a debugging aid, and its cost would swamp what is measured.
 pub fn open(profile: Profile) -> Result<MockDevice> {
     MockDevice::open(MockConfig {
         profile,
+        check_races: false,
         ..Default::default()
     })
     .with_context(|| format!("opening a mock device ({profile:?})"))

@@ -117,9 +117,15 @@ pub fn run<B: Backend>(
         ("graph memory", &|r| graph_memory::<B>(device, r)),
         ("bandwidth", &|r| bandwidth::<B>(device, settings, options, r)),
     ];
-    for (name, step) in steps {
-        eprintln!("  {name} …");
-        step(report).with_context(|| format!("benchmark {name}"))?;
+    run_steps(&steps, settings, report, "benchmark")
+}
+
+/// Runs the steps `settings` wants, saying on stderr how long each took.
+pub fn run_steps(steps: &[Step], settings: &Settings, report: &mut Report, what: &str) -> Result<()> {
+    for (name, step) in steps.iter().filter(|(name, _)| settings.wants(name)) {
+        let start = Instant::now();
+        step(report).with_context(|| format!("{what} {name}"))?;
+        eprintln!("  {name}: {:.1} s", start.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -380,8 +386,8 @@ fn fences<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Repo
     let (a, b) = (device.create_stream()?, device.create_stream()?);
     let (f, g) = (device.create_fence(0)?, device.create_fence(0)?);
     let mut value = 0u64;
-    let samples = settings.samples(2000);
-    let warmup = settings.samples(50);
+    let samples = settings.samples(300);
+    let warmup = settings.samples(20);
 
     let gpu_to_cpu = each_us(warmup, samples, || {
         value += 1;
@@ -746,8 +752,7 @@ fn copy_rate<B: Backend>(
     copies: usize,
     settings: &Settings,
 ) -> Result<Summary> {
-    let batch_settings = Settings { smoke: settings.smoke };
-    let ns_per_copy = ns_per_op(&batch_settings, copies, 1, |n| {
+    let ns_per_copy = ns_per_op(settings, copies, 1, |n| {
         stream.synchronize()?;
         let start = Instant::now();
         for _ in 0..n {
@@ -894,7 +899,11 @@ mod tests {
     #[test]
     fn pool_alone_rows_run_in_smoke_mode() {
         let mut report = Report::new("suite", true);
-        pool_alone_rows(&Settings { smoke: true }, &mut report).unwrap();
+        let settings = Settings {
+            smoke: true,
+            ..Settings::default()
+        };
+        pool_alone_rows(&settings, &mut report).unwrap();
         assert!(report.median("hit.pool.512").is_some());
         assert!(report.median("churn.pool.random").is_some());
     }
