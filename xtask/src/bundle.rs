@@ -100,6 +100,20 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         eprintln!("xtask: no {TRACE} in the checkout; the bundle will not replay a trace");
     }
 
+    // GPU hosts (containers especially) often have NVIDIA's Vulkan driver but no loader;
+    // run.sh uses this copy only when the host has none.
+    match crate::vulkan::find_loader() {
+        Some(loader) => {
+            let lib = out.join("lib");
+            fs::create_dir_all(&lib).with_context(|| format!("could not create {}", lib.display()))?;
+            fs::copy(&loader, lib.join("libvulkan.so.1"))
+                .with_context(|| format!("could not copy the Vulkan loader {}", loader.display()))?;
+        }
+        None => {
+            eprintln!("xtask: no Vulkan loader on this machine to ship; the GPU host will need its own libvulkan.so.1")
+        }
+    }
+
     let run_sh = out.join("run.sh");
     fs::write(&run_sh, RUN_SH).with_context(|| format!("could not write {}", run_sh.display()))?;
     make_executable(&run_sh)?;
@@ -161,7 +175,7 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Needs the NVIDIA driver (libcuda.so.1) and, for the Vulkan run, the Vulkan loader
 # (libvulkan.so.1) with NVIDIA's ICD. No Rust toolchain.
 #
-# Usage: run.sh RESULTS_DIR
+# Usage: run.sh RESULTS_DIR   (GPUHAL_STEP_TIMEOUT: seconds a step may take, default 1200)
 # Writes one log per step, the conformance reports as JSON and the benchmark JSON there.
 set -uo pipefail
 
@@ -173,6 +187,7 @@ bundle=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$1"
 results=$(cd "$1" && pwd)
 failed=()
+step_timeout=${GPUHAL_STEP_TIMEOUT:-1200}
 
 step() {
     local name=$1
@@ -180,9 +195,13 @@ step() {
     echo
     echo "==> $name"
     local started=$SECONDS
-    "$@" 2>&1 | tee "$results/$name.log"
+    # A hung step must not eat the rest of the GPU session.
+    timeout --kill-after=30 "$step_timeout" "$@" 2>&1 | tee "$results/$name.log"
     local status=${PIPESTATUS[0]}
-    if [ "$status" -eq 0 ]; then
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+        echo "<== $name: TIMED OUT after ${step_timeout}s (GPUHAL_STEP_TIMEOUT); see $results/$name.log"
+        failed+=("$name")
+    elif [ "$status" -eq 0 ]; then
         echo "<== $name: passed in $((SECONDS - started))s"
     else
         echo "<== $name: FAILED (status $status) after $((SECONDS - started))s; see $results/$name.log"
@@ -203,13 +222,18 @@ for dir in /etc/vulkan/icd.d /usr/share/vulkan/icd.d /usr/local/share/vulkan/icd
         [ -f "$manifest" ] && nvidia_icd=$manifest && break 2
     done
 done
+vulkan_env=()
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 ' && [ -f "$bundle/lib/libvulkan.so.1" ]; then
+    echo "Vulkan: no loader installed on this host; using the bundle's copy of libvulkan.so.1"
+    vulkan_env+=(LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+fi
 if [ -n "$nvidia_icd" ]; then
     echo "Vulkan: using $nvidia_icd"
-    step vulkan-conformance env VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd" \
+    step vulkan-conformance env "${vulkan_env[@]}" VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd" \
         "$bundle/bin/gpuhal-conformance" --backend vulkan --json "$results/vulkan-conformance.json"
 else
     echo "Vulkan: no NVIDIA ICD manifest (nvidia_icd.json) found; running on whatever driver the loader picks"
-    step vulkan-conformance "$bundle/bin/gpuhal-conformance" --backend vulkan \
+    step vulkan-conformance env "${vulkan_env[@]}" "$bundle/bin/gpuhal-conformance" --backend vulkan \
         --json "$results/vulkan-conformance.json"
 fi
 

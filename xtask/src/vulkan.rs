@@ -46,7 +46,8 @@ impl std::fmt::Display for VulkanSetup {
 
 const LOADER: &str = "libvulkan.so.1";
 
-fn find_loader() -> Option<PathBuf> {
+/// Where `libvulkan.so.1` is, if installed.
+pub fn find_loader() -> Option<PathBuf> {
     // ldconfig knows the dynamic linker's own search path; the directories below cover
     // machines where it is not on PATH.
     if let Ok(output) = Command::new("ldconfig").arg("-p").output() {
