@@ -115,8 +115,20 @@ fn threads(report: &mut Report) {
             continue;
         };
         let scaling = rate / (threads as f64 * one);
+        let pool = match (
+            report.median("threads.pool.1"),
+            report.median(&format!("threads.pool.{threads}")),
+        ) {
+            (Some(pool_one), Some(pool_rate)) => format!(
+                " (pool alone: {} vs {}, scaling {})",
+                number(pool_rate),
+                number(pool_one),
+                number(pool_rate / (threads as f64 * pool_one))
+            ),
+            _ => String::new(),
+        };
         let mut measured = format!(
-            "{} M pairs/s vs {} on one thread: scaling {}",
+            "{} M pairs/s vs {} on one thread: scaling {}{pool}",
             number(rate),
             number(one),
             number(scaling)

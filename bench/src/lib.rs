@@ -72,6 +72,10 @@ pub fn run_suite<B: Backend>(
         eprintln!("gpuhal-bench: caching pool alone …");
         suite::pool_alone_rows(settings, &mut report)?;
     }
+    if settings.wants("pool alone thread") {
+        eprintln!("gpuhal-bench: caching pool alone, thread scaling …");
+        suite::pool_alone_thread_rows(settings, &mut report)?;
+    }
     {
         let device = open()?;
         report.device = Some(device_summary::<B>(&device));

@@ -112,10 +112,12 @@ pub fn run<B: Backend>(
         ("churn", &|r| churn::<B>(device, settings, r)),
         ("thread scaling", &|r| thread_scaling::<B>(device, settings, r)),
         ("events", &|r| events::<B>(device, settings, r)),
-        ("fences", &|r| fences::<B>(device, settings, r)),
         ("graph replay", &|r| graph_replay::<B>(device, settings, r)),
         ("graph memory", &|r| graph_memory::<B>(device, r)),
         ("bandwidth", &|r| bandwidth::<B>(device, settings, options, r)),
+        // Last: the mock's misuse checker keeps state per stream-to-stream fence wait, which
+        // would slow every later operation on that device.
+        ("fences", &|r| fences::<B>(device, settings, r)),
     ];
     run_steps(&steps, settings, report, "benchmark")
 }
@@ -261,53 +263,15 @@ fn ratio_or_zero(hits: u64, misses: u64) -> f64 {
 }
 
 fn thread_scaling<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
-    let pairs = settings.iterations(200_000);
     for threads in THREAD_COUNTS {
         let streams = (0..threads)
             .map(|_| device.create_stream())
             .collect::<gpuhal_hal::Result<Vec<_>>>()?;
-        let rounds = settings.warmup_batches() + settings.batches();
-        let start_line = Barrier::new(threads + 1);
-        let finish_line = Barrier::new(threads + 1);
-        let failure: Mutex<Option<gpuhal_hal::Error>> = Mutex::new(None);
-        let mut rates = Vec::new();
-        std::thread::scope(|scope| {
-            for stream in &streams {
-                let (start_line, finish_line, failure) = (&start_line, &finish_line, &failure);
-                scope.spawn(move || {
-                    for _ in 0..rounds {
-                        start_line.wait();
-                        for _ in 0..pairs {
-                            match device.allocate(black_box(512), MemoryKind::Device, stream) {
-                                Ok(buffer) => drop(black_box(buffer)),
-                                Err(err) => {
-                                    if let Ok(mut slot) = failure.lock() {
-                                        slot.get_or_insert(err);
-                                    }
-                                    break;
-                                }
-                            }
-                        }
-                        finish_line.wait();
-                    }
-                });
-            }
-            for round in 0..rounds {
-                start_line.wait();
-                let start = Instant::now();
-                finish_line.wait();
-                let elapsed = start.elapsed();
-                if round >= settings.warmup_batches() {
-                    // Million alloc+drop pairs per second, all threads together.
-                    rates.push((threads * pairs) as f64 / elapsed.as_secs_f64() / 1e6);
-                }
-            }
-        });
-        if let Some(err) = failure.into_inner().ok().flatten() {
-            return Err(anyhow!(err).context(format!("{threads} threads allocating")));
-        }
-        let summary = Summary::of(&rates).ok_or_else(|| anyhow!("no thread-scaling rounds ran"))?;
-        let label = format!("{threads} thread(s), own stream each, alloc + drop 512 B, aggregate");
+        let summary = aggregate_rate(settings, &streams, |stream| {
+            device.allocate(black_box(512), MemoryKind::Device, stream).map(drop)
+        })
+        .with_context(|| format!("{threads} threads allocating"))?;
+        let label = format!("gpuhal, {threads} thread(s), own stream each, alloc + drop 512 B, aggregate");
         report.measured(
             &format!("threads.gpuhal.{threads}"),
             "threads",
@@ -317,6 +281,77 @@ fn thread_scaling<B: Backend>(device: &B::Device, settings: &Settings, report: &
         );
     }
     Ok(())
+}
+
+/// The same over the pool alone (no-op native memory): separates the pool's scaling from
+/// the backend's.
+pub fn pool_alone_thread_rows(settings: &Settings, report: &mut Report) -> Result<()> {
+    for threads in THREAD_COUNTS {
+        let (allocator, _) = pool_alone();
+        let caches: Vec<_> = (0..threads)
+            .map(|_| allocator.stream_cache((), gpuhal_hal::StreamId::fresh()))
+            .collect();
+        let summary = aggregate_rate(settings, &caches, |cache| {
+            cache.allocate(black_box(512), MemoryKind::Device).map(drop)
+        })?;
+        let label = format!("pool alone, {threads} thread(s), own stream each, alloc + drop 512 B, aggregate");
+        report.measured(
+            &format!("threads.pool.{threads}"),
+            "threads",
+            &label,
+            "M pairs/s",
+            summary,
+        );
+    }
+    Ok(())
+}
+
+/// One thread per stream, each doing `pair(stream)` in a loop; rounds start and end
+/// together. Returns the aggregate rate in million pairs per second.
+fn aggregate_rate<S: Sync>(
+    settings: &Settings,
+    streams: &[S],
+    pair: impl Fn(&S) -> gpuhal_hal::Result<()> + Sync,
+) -> Result<Summary> {
+    let pairs = settings.iterations(200_000);
+    let threads = streams.len();
+    let rounds = settings.warmup_batches() + settings.batches();
+    let start_line = Barrier::new(threads + 1);
+    let finish_line = Barrier::new(threads + 1);
+    let failure: Mutex<Option<gpuhal_hal::Error>> = Mutex::new(None);
+    let mut rates = Vec::new();
+    std::thread::scope(|scope| {
+        for stream in streams {
+            let (start_line, finish_line, failure, pair) = (&start_line, &finish_line, &failure, &pair);
+            scope.spawn(move || {
+                for _ in 0..rounds {
+                    start_line.wait();
+                    for _ in 0..pairs {
+                        if let Err(err) = pair(stream) {
+                            if let Ok(mut slot) = failure.lock() {
+                                slot.get_or_insert(err);
+                            }
+                            break;
+                        }
+                    }
+                    finish_line.wait();
+                }
+            });
+        }
+        for round in 0..rounds {
+            start_line.wait();
+            let start = Instant::now();
+            finish_line.wait();
+            let elapsed = start.elapsed();
+            if round >= settings.warmup_batches() {
+                rates.push((threads * pairs) as f64 / elapsed.as_secs_f64() / 1e6);
+            }
+        }
+    });
+    if let Some(err) = failure.into_inner().ok().flatten() {
+        return Err(anyhow!(err));
+    }
+    Summary::of(&rates).ok_or_else(|| anyhow!("no thread-scaling rounds ran"))
 }
 
 fn events<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
