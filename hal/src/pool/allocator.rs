@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use super::buffer::{Buffer, Owner};
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
-use super::stream_cache::{Shard, ShardCounters, ShardState, StreamCache};
+use super::stream_cache::{Shard, ShardCounters, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
 use crate::stats::MemoryStats;
 use crate::trace::{TraceEvent, TraceRecorder};
@@ -146,7 +146,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
             shared: self.shared.clone(),
             stream,
             id,
-            state: Mutex::new(ShardState {
+            state: ShardLock::new(ShardState {
                 free: Default::default(),
                 orphaned: false,
                 pending: Vec::new(),
