@@ -4,10 +4,9 @@
 //! 1. `Coherent`: the device reads pageable host memory directly (HMM, or a coherent
 //!    platform such as Grace Hopper / Grace Blackwell); the device address is the host
 //!    address. Optionally prefetched towards the device.
-//! 2. `Registered`: `cuMemHostRegister` page-locks and maps the enclosing page-aligned
-//!    range, undone when the import drops. Read-only registration is used first when
-//!    the data spans whole pages, and as the fallback otherwise (pages shared with
-//!    neighbouring allocations must stay writable for them).
+//! 2. `Registered`: `cuMemHostRegister` page-locks and maps the range (the exact range
+//!    first, the enclosing page-aligned range as the fallback; read-only first where the
+//!    device supports it, writable as the fallback), undone when the import drops.
 //! 3. `Copied`: a device copy, only when the policy allows it. On platforms where
 //!    registration returns `CUDA_ERROR_NOT_SUPPORTED` a silent copy duplicated whole
 //!    models; here a refused copy is an [`Error::ImportRefused`] that lists every path
@@ -105,22 +104,33 @@ pub(crate) fn import_host<'a>(
         let plain =
             cudarc::driver::sys::CU_MEMHOSTREGISTER_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE;
         let read_only = plain | cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY;
-        // Registration covers whole pages. Read-only registration of pages shared with
-        // neighbouring allocations would make the driver refuse to copy into those
-        // neighbours, so it goes first only when the data spans whole pages; otherwise it
-        // is the fallback for memory that cannot be pinned writable (a read-only mmap).
-        let whole_pages = base == start && end == start + len;
-        let attempts: &[(u32, &str)] = match (device.read_only_register(), whole_pages) {
-            (false, _) => &[(plain, "")],
-            (true, true) => &[(read_only, " (read-only)"), (plain, "")],
-            (true, false) => &[(plain, ""), (read_only, " (read-only)")],
-        };
-        for &(flags, how) in attempts {
+        // The exact range first: registering the enclosing pages makes the driver treat
+        // neighbouring heap memory in those pages as registered, and copies into a
+        // neighbour that straddles the range's end then fail. The page-aligned range is
+        // the fallback for drivers that insist on alignment. Read-only first where the
+        // device supports it (the import only borrows the bytes, and a read-only mmap
+        // cannot be pinned writable), writable as the fallback.
+        let mut flag_order = vec![(plain, "")];
+        if device.read_only_register() {
+            flag_order.insert(0, (read_only, " read-only"));
+        }
+        let mut ranges = vec![(start, start + len, "")];
+        if (base, end) != (start, start + len) {
+            ranges.push((base, end, " (page-aligned)"));
+        }
+        let attempts: Vec<(u64, u64, &str, u32, &str)> = ranges
+            .iter()
+            .flat_map(|&(from, to, range)| {
+                flag_order
+                    .iter()
+                    .map(move |&(flags, how)| (from, to, range, flags, how))
+            })
+            .collect();
+        for (base, end, range, flags, how) in attempts {
             match raw::mem_host_register(base, end - base, flags) {
                 Err(native) => {
                     tried.push(format!(
-                        "registered: {}{how} of {} bytes at {base:#x} (the page-aligned range around the data) \
-                         returned {} ({})",
+                        "registered: {}{how} of {} bytes at {base:#x}{range} returned {} ({})",
                         native.call,
                         end - base,
                         native.name,

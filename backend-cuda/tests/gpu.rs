@@ -580,7 +580,12 @@ fn gpu_threads_with_repeated_sizes_hit_their_caches() {
 
 /// A read-only mmap'd file (how model weights arrive) imports by registration, and
 /// reads back through the device.
+///
+/// Ignored: on an H100 with driver 580 (CUDA 13.0) `cuMemHostRegister` of a private
+/// read-only file mapping did not return within 30 s (with and without
+/// `CU_MEMHOSTREGISTER_READ_ONLY`). Run it with `--ignored` under a timeout.
 #[test]
+#[ignore = "cuMemHostRegister of a read-only file mapping hung on driver 580; run explicitly under a timeout"]
 fn gpu_host_import_of_a_read_only_mmap() {
     let device = gpu!();
     if !device.capabilities().contains(Capabilities::HOST_REGISTER) {
@@ -606,6 +611,7 @@ fn gpu_host_import_of_a_read_only_mmap() {
         )
     };
     assert_ne!(map, libc::MAP_FAILED);
+    eprintln!("mapped {len} bytes read-only at {map:p}");
     // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
     let host = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
     let policy = ImportPolicy {
@@ -613,7 +619,9 @@ fn gpu_host_import_of_a_read_only_mmap() {
         ..ImportPolicy::ZERO_COPY
     };
     {
-        let import = device.import_host(host, policy, &s).unwrap();
+        let import = device.import_host(host, policy, &s);
+        eprintln!("imported: {import:?}");
+        let import = import.unwrap();
         assert_eq!(import.path(), ImportPath::Registered);
         let copy = device.allocate(len as u64, MemoryKind::Device, &s).unwrap();
         s.copy(&import, 0, &copy, 0, len as u64).unwrap();
