@@ -132,7 +132,7 @@ pub fn run_steps(steps: &[Step], settings: &Settings, report: &mut Report, what:
     Ok(())
 }
 
-/// The caching pool over no-op native memory: the pool's own cost, whatever the backend.
+/// The caching pool over counting native memory: the pool's own cost, whatever the backend.
 pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
     let (_allocator, cache) = pool_alone();
     for (size, suffix, words) in HIT_SIZES {
@@ -283,13 +283,13 @@ fn thread_scaling<B: Backend>(device: &B::Device, settings: &Settings, report: &
     Ok(())
 }
 
-/// The same over the pool alone (no-op native memory): separates the pool's scaling from
+/// The same over the pool alone (counting native memory): separates the pool's scaling from
 /// the backend's.
 pub fn pool_alone_thread_rows(settings: &Settings, report: &mut Report) -> Result<()> {
     for threads in THREAD_COUNTS {
         let (allocator, _) = pool_alone();
         let caches: Vec<_> = (0..threads)
-            .map(|_| allocator.stream_cache((), gpuhal_hal::StreamId::fresh()))
+            .map(|_| allocator.stream_cache(gpuhal_hal::pool::CountingStream::new(), gpuhal_hal::StreamId::fresh()))
             .collect();
         let summary = aggregate_rate(settings, &caches, |cache| {
             cache.allocate(black_box(512), MemoryKind::Device).map(drop)
