@@ -95,6 +95,10 @@ impl Baselines {
     /// memory pool's release threshold to the maximum (so `cuMemFreeAsync` keeps memory
     /// for reuse, the fastest configuration of the native stream-ordered allocator).
     pub fn open(ordinal: u32) -> Result<Baselines> {
+        // cudarc's loader panics when libcuda is missing; ask first.
+        if !gpuhal_cuda::driver_available() {
+            return Err(anyhow!("no CUDA driver found: the native baselines need libcuda"));
+        }
         let context = driver("retaining the primary context", CudaContext::new(ordinal as usize))?;
         let stream = RawStream(driver(
             "cuStreamCreate",

@@ -217,7 +217,7 @@ step cuda-conformance "$bundle/bin/gpuhal-conformance" --backend cuda --json "$r
 # Point the Vulkan loader at NVIDIA's driver, so the run is not on a CPU driver such as
 # lavapipe that may also be installed.
 nvidia_icd=""
-for dir in /etc/vulkan/icd.d /usr/share/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
+for dir in /etc/vulkan/icd.d /usr/share/vulkan/icd.d /usr/local/share/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d; do
     for manifest in "$dir"/nvidia_icd*.json; do
         [ -f "$manifest" ] && nvidia_icd=$manifest && break 2
     done
