@@ -3,32 +3,25 @@
 //!
 //! Every region an operation names is resolved here before anything is enqueued, so an
 //! address that is not inside live memory of this device never reaches a stream worker.
+//! Lifetimes (native allocations and hand-outs) live in [`Lifetimes`], sharded, so the
+//! pool's hand-outs and returns do not take this checker's device-wide lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use gpuhal_hal::pool::NativeBlock;
 use gpuhal_hal::{Error, Region, Result, StreamId};
 
 use crate::clock::VectorClock;
 use crate::fence::FenceState;
-use crate::raw::{ImportedHost, NativeAllocation, Target};
+pub(crate) use crate::lifetimes::Use;
+use crate::lifetimes::{Access, HandOut, Life, Lifetimes, Shard};
+use crate::raw::{ImportedHost, Target};
 
 /// `Region::native` of host imports carries this bit (native allocation ids never do).
 pub(crate) const IMPORT_TAG: u64 = 1 << 63;
 
 /// The host's index in vector clocks.
 pub(crate) const HOST: usize = 0;
-
-/// Records of freed memory kept for error messages before old ones are forgotten.
-const REMEMBERED_FREES: usize = 1 << 16;
-
-/// Whether an operation reads or writes a range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Use {
-    Read,
-    Write,
-}
 
 /// How an operation reaches the memory it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,185 +35,47 @@ pub(crate) enum Mode {
     Replay,
 }
 
-/// One stream operation's access to a buffer.
-#[derive(Debug, Clone, Copy)]
-struct Access {
-    agent: usize,
-    tick: u64,
-    /// False when the access followed a fence wait whose signal was not enqueued yet:
-    /// its order against other streams is unknown.
-    ordered: bool,
-    stream: StreamId,
-    operation: &'static str,
-    kind: Use,
-}
-
-impl Access {
-    fn describe(&self) -> String {
-        let what = match self.kind {
-            Use::Read => "reads",
-            Use::Write => "writes",
-        };
-        format!("{} {what} it ({})", self.stream, self.operation)
-    }
-}
-
-#[derive(Debug, Default)]
-struct History {
-    last_write: Option<Access>,
-    reads: Vec<Access>,
-}
-
-#[derive(Debug)]
-enum Life {
-    Live,
-    /// Returned to the pool (or the native memory freed): how, for the error message.
-    Returned(String),
-}
-
-/// A block handed out as a buffer, live or returned.
-#[derive(Debug)]
-struct HandOut {
-    len: u64,
-    serial: u64,
-    /// None once the native memory is freed.
-    allocation: Option<Arc<NativeAllocation>>,
-    life: Life,
-    history: History,
-}
-
 /// An operation's view of one resolved range.
 pub(crate) struct Resolved {
     /// None for an empty range.
     pub(crate) target: Option<Target>,
-    /// The live buffer the range lies in (its address), for the race checker.
-    handout: Option<u64>,
+    /// The live buffer the range lies in (its shard and address), for the race checker.
+    handout: Option<(usize, u64)>,
+}
+
+impl Resolved {
+    /// The access an operation of kind `kind` makes through this range.
+    pub(crate) fn touch(&self, kind: Use, operation: &'static str) -> Touch {
+        Touch {
+            handout: self.handout,
+            kind,
+            operation,
+        }
+    }
 }
 
 /// One access an operation is about to make, for [`Checker::check_accesses`].
-pub(crate) struct Touch<'a> {
-    pub(crate) resolved: &'a Resolved,
-    pub(crate) kind: Use,
+pub(crate) struct Touch {
+    handout: Option<(usize, u64)>,
+    kind: Use,
+    operation: &'static str,
 }
 
 /// The checker of one device.
 pub(crate) struct Checker {
     check_races: bool,
-    natives: HashMap<u64, Arc<NativeAllocation>>,
-    freed_natives: HashMap<u64, u64>,
-    handouts: BTreeMap<u64, HandOut>,
+    lifetimes: Arc<Lifetimes>,
     imports: HashMap<u64, Arc<ImportedHost>>,
     clocks: Vec<VectorClock>,
-    next_serial: u64,
 }
 
 impl Checker {
-    pub(crate) fn new(check_races: bool) -> Checker {
+    pub(crate) fn new(check_races: bool, lifetimes: Arc<Lifetimes>) -> Checker {
         Checker {
             check_races,
-            natives: HashMap::new(),
-            freed_natives: HashMap::new(),
-            handouts: BTreeMap::new(),
+            lifetimes,
             imports: HashMap::new(),
             clocks: vec![VectorClock::default()],
-            next_serial: 1,
-        }
-    }
-
-    // ----- native memory -----
-
-    pub(crate) fn native_allocated(&mut self, allocation: Arc<NativeAllocation>) {
-        let start = allocation.address();
-        // Records of earlier memory at these addresses no longer mean anything.
-        self.forget_range(start, start + allocation.size);
-        self.freed_natives.remove(&allocation.id);
-        self.natives.insert(allocation.id, allocation);
-    }
-
-    /// Takes a native allocation out of the registry for freeing.
-    pub(crate) fn native_freed(&mut self, block: &NativeBlock) -> Result<Arc<NativeAllocation>> {
-        let Some(allocation) = self.natives.remove(&block.native) else {
-            return Err(match self.freed_natives.get(&block.native) {
-                Some(_) => Error::DoubleFree {
-                    address: block.address,
-                    allocation: block.native,
-                    first: "an earlier native free of the same block".into(),
-                },
-                None => Error::invalid(
-                    "free",
-                    format!(
-                        "block {:#x} (native #{}) was not allocated by this device",
-                        block.address, block.native
-                    ),
-                ),
-            });
-        };
-        if self.freed_natives.len() >= REMEMBERED_FREES {
-            self.freed_natives.clear();
-        }
-        self.freed_natives.insert(allocation.id, allocation.address());
-        let start = allocation.address();
-        let end = start + allocation.size;
-        let keys: Vec<u64> = self.handouts.range(start..end).map(|(k, _)| *k).collect();
-        for key in keys {
-            if let Some(handout) = self.handouts.get_mut(&key) {
-                handout.allocation = None;
-                if matches!(handout.life, Life::Live) {
-                    handout.life = Life::Returned("its native memory was freed while it was live".into());
-                }
-            }
-        }
-        if self.handouts.len() > REMEMBERED_FREES {
-            self.handouts
-                .retain(|_, h| matches!(h.life, Life::Live) || h.allocation.is_some());
-        }
-        Ok(allocation)
-    }
-
-    /// The native allocation with token `id`, if live.
-    pub(crate) fn native(&self, id: u64) -> Option<&Arc<NativeAllocation>> {
-        self.natives.get(&id)
-    }
-
-    fn forget_range(&mut self, start: u64, end: u64) {
-        let mut keys: Vec<u64> = self.handouts.range(start..end).map(|(k, _)| *k).collect();
-        if let Some((&key, handout)) = self.handouts.range(..start).next_back() {
-            if key + handout.len > start {
-                keys.push(key);
-            }
-        }
-        for key in keys {
-            self.handouts.remove(&key);
-        }
-    }
-
-    // ----- buffer lifetimes -----
-
-    pub(crate) fn handed_out(&mut self, block: &NativeBlock, len: u64) {
-        self.forget_range(block.address, block.address + block.size.max(len));
-        let serial = self.next_serial;
-        self.next_serial += 1;
-        let allocation = self.natives.get(&block.native).cloned();
-        self.handouts.insert(
-            block.address,
-            HandOut {
-                len,
-                serial,
-                allocation,
-                life: Life::Live,
-                history: History::default(),
-            },
-        );
-    }
-
-    pub(crate) fn returned(&mut self, block: &NativeBlock, stream: StreamId) {
-        if let Some(handout) = self.handouts.get_mut(&block.address) {
-            handout.history = History::default();
-            handout.life = Life::Returned(if stream.0 == 0 {
-                "the buffer's drop (returned to its graph pool)".into()
-            } else {
-                format!("the buffer's drop (returned to the cache of {stream})")
-            });
         }
     }
 
@@ -268,45 +123,76 @@ impl Checker {
             };
             return Self::resolve_import(operation, import, address, len, kind);
         }
-        if mode == Mode::Replay {
-            if let Some(resolved) = self.resolve_in_graph_segment(region) {
-                return Ok(resolved);
+        // The region's own native allocation first: its shard holds its hand-outs.
+        let home = Lifetimes::shard_of(region.native);
+        {
+            let shard = self.lifetimes.lock(home);
+            if mode == Mode::Replay {
+                if let Some(resolved) = Self::resolve_in_graph_segment(&shard, home, region) {
+                    return Ok(resolved);
+                }
+            }
+            if let Some((start, handout)) = shard.containing(address).filter(|(_, h)| h.native == region.native) {
+                return Self::resolve_in(operation, home, start, handout, region, mode);
             }
         }
-        let found = self
-            .handouts
-            .range(..=address)
-            .next_back()
-            .filter(|(start, handout)| address < *start + handout.len.max(1));
-        let Some((&start, handout)) = found else {
-            let import = self
-                .imports
-                .values()
-                .find(|i| address >= i.address() && address < i.address() + i.len)
-                .cloned();
-            return match import {
-                Some(import) => Self::resolve_import(operation, import, address, len, kind),
-                None => Err(Error::invalid(
-                    operation,
-                    format!("{address:#x} (+{len} bytes) is not inside any live buffer or host import of this device"),
-                )),
-            };
-        };
+        // A region whose token does not name the memory at its address (made by hand):
+        // whatever hand-out holds the address, a live one first.
+        let mut stale = None;
+        for index in Lifetimes::indices().filter(|&i| i != home) {
+            let shard = self.lifetimes.lock(index);
+            if let Some((start, handout)) = shard.containing(address) {
+                if matches!(handout.life, Life::Live) {
+                    return Self::resolve_in(operation, index, start, handout, region, mode);
+                }
+                stale.get_or_insert(index);
+            }
+        }
+        if let Some(index) = stale {
+            let shard = self.lifetimes.lock(index);
+            if let Some((start, handout)) = shard.containing(address) {
+                return Self::resolve_in(operation, index, start, handout, region, mode);
+            }
+        }
+        let import = self
+            .imports
+            .values()
+            .find(|i| address >= i.address() && address < i.address() + i.len)
+            .cloned();
+        match import {
+            Some(import) => Self::resolve_import(operation, import, address, len, kind),
+            None => Err(Error::invalid(
+                operation,
+                format!("{address:#x} (+{len} bytes) is not inside any live buffer or host import of this device"),
+            )),
+        }
+    }
+
+    /// Resolves `region` inside `handout` (at `start`, in shard `index`).
+    fn resolve_in(
+        operation: &'static str,
+        index: usize,
+        start: u64,
+        handout: &HandOut,
+        region: &Region,
+        mode: Mode,
+    ) -> Result<Resolved> {
+        let (address, len) = (region.address, region.len);
         let offset = address - start;
         gpuhal_hal::check_range(operation, offset, len, handout.len)?;
-        let freed = |handout: &HandOut, why: &str| Error::UseAfterFree {
+        let freed = |handout: &HandOut, why: String| Error::UseAfterFree {
             operation,
             address,
             allocation: handout.serial,
-            freed_by: why.to_string(),
+            freed_by: why,
         };
         let allocation = match (&handout.life, &handout.allocation) {
             (Life::Live, Some(allocation)) => allocation.clone(),
             (Life::Returned(_), Some(allocation)) if mode == Mode::Replay && allocation.graph_segment => {
                 allocation.clone()
             }
-            (Life::Returned(why), _) => return Err(freed(handout, why)),
-            (Life::Live, None) => return Err(freed(handout, "a native free of its memory")),
+            (Life::Returned(why), _) => return Err(freed(handout, why.describe())),
+            (Life::Live, None) => return Err(freed(handout, "a native free of its memory".into())),
         };
         let live = matches!(handout.life, Life::Live);
         let target = Target::native(allocation.clone(), address - allocation.address(), len).ok_or_else(|| {
@@ -317,22 +203,22 @@ impl Checker {
         })?;
         Ok(Resolved {
             target: Some(target),
-            handout: live.then_some(start),
+            handout: live.then_some((index, start)),
         })
     }
 
     /// A replayed range inside a graph pool's segment: valid while the segment lives,
     /// whatever captures carved from it since. Race-checked when a live buffer holds it.
-    fn resolve_in_graph_segment(&self, region: &Region) -> Option<Resolved> {
-        let allocation = self.natives.get(&region.native).filter(|a| a.graph_segment)?;
+    fn resolve_in_graph_segment(shard: &Shard, index: usize, region: &Region) -> Option<Resolved> {
+        let allocation = shard.native(region.native).filter(|a| a.graph_segment)?;
         let offset = region.address.checked_sub(allocation.address())?;
         let target = Target::native(allocation.clone(), offset, region.len)?;
-        let handout = self
+        let handout = shard
             .handouts
             .range(..=region.address)
             .next_back()
             .filter(|(start, h)| matches!(h.life, Life::Live) && region.address + region.len <= *start + h.len)
-            .map(|(start, _)| *start);
+            .map(|(start, _)| (index, *start));
         Some(Resolved {
             target: Some(target),
             handout,
@@ -376,9 +262,12 @@ impl Checker {
     /// One more operation by `agent`: it has seen everything the host has. Returns the
     /// operation's tick.
     pub(crate) fn tick(&mut self, agent: usize) -> u64 {
-        let host = self.clocks[HOST].clone();
-        let clock = self.clock_mut(agent);
-        clock.join(&host);
+        self.clock_mut(agent);
+        if agent != HOST {
+            let (head, tail) = self.clocks.split_at_mut(agent);
+            tail[0].join(&head[HOST]);
+        }
+        let clock = &mut self.clocks[agent];
         clock.resolve();
         clock.tick(agent)
     }
@@ -396,7 +285,11 @@ impl Checker {
     /// `agent` now has seen everything `seen` covers (an event wait, a fence wait, a
     /// synchronize when `agent` is the host).
     pub(crate) fn join(&mut self, agent: usize, seen: &VectorClock) {
-        self.clock_mut(agent).join(seen);
+        let clock = self.clock_mut(agent);
+        clock.join(seen);
+        // Waits `seen` inherited whose signal is known by now are joined at once, so
+        // they do not pile up (the host's clock is never ticked, so only this resolves it).
+        clock.resolve();
     }
 
     fn clock_mut(&mut self, agent: usize) -> &mut VectorClock {
@@ -413,20 +306,21 @@ impl Checker {
         agent: usize,
         tick: u64,
         stream: StreamId,
-        operation: &'static str,
-        touches: &[Touch<'_>],
+        touches: &[Touch],
     ) -> Result<()> {
         if !self.check_races {
             return Ok(());
         }
-        let mut clock = self.clock(agent);
+        let clock = self.clock_mut(agent);
         let ordered = clock.resolve();
+        let clock = &self.clocks[agent];
         // With an unknown order on either side, only a certain conflict is reported.
         let happened_before =
             |prior: &Access| !ordered || !prior.ordered || prior.agent == agent || clock.get(prior.agent) >= prior.tick;
         for touch in touches {
-            let Some(key) = touch.resolved.handout else { continue };
-            let Some(handout) = self.handouts.get(&key) else {
+            let Some((index, key)) = touch.handout else { continue };
+            let shard = self.lifetimes.lock(index);
+            let Some(handout) = shard.handouts.get(&key) else {
                 continue;
             };
             let history = &handout.history;
@@ -443,7 +337,7 @@ impl Checker {
                     tick,
                     ordered,
                     stream,
-                    operation,
+                    operation: touch.operation,
                     kind: touch.kind,
                 };
                 return Err(Error::Race {
@@ -455,8 +349,9 @@ impl Checker {
             }
         }
         for touch in touches {
-            let Some(key) = touch.resolved.handout else { continue };
-            let Some(handout) = self.handouts.get_mut(&key) else {
+            let Some((index, key)) = touch.handout else { continue };
+            let mut shard = self.lifetimes.lock(index);
+            let Some(handout) = shard.handouts.get_mut(&key) else {
                 continue;
             };
             let access = Access {
@@ -464,7 +359,7 @@ impl Checker {
                 tick,
                 ordered,
                 stream,
-                operation,
+                operation: touch.operation,
                 kind: touch.kind,
             };
             let history = &mut handout.history;
@@ -480,5 +375,12 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// Fence waits whose signal is not known yet, over every clock (the host's and every
+    /// stream's): what the checker keeps per wait, which must not grow with round trips.
+    #[cfg(test)]
+    pub(crate) fn pending_waits(&self) -> usize {
+        self.clocks.iter().map(VectorClock::pending).sum()
     }
 }

@@ -56,9 +56,18 @@ impl VectorClock {
         }
     }
 
+    /// Fence waits whose signal is not known yet.
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.awaited.len()
+    }
+
     /// Joins the clocks of signals enqueued since they were awaited. Returns true when
     /// every awaited signal is known (the clock is exact).
     pub(crate) fn resolve(&mut self) -> bool {
+        if self.awaited.is_empty() {
+            return true;
+        }
         // A signal's clock may itself await others: repeat until nothing changes. Waits
         // resolved once are not taken up again, so circular waits (a deadlock on the
         // device) cannot loop here.

@@ -136,3 +136,45 @@ impl std::fmt::Debug for MockGraphExec {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gpuhal_hal::{Device, Event, Fence, Graph, GraphExec, MemoryKind, Stream};
+
+    use crate::{MockDevice, Profile};
+
+    /// A replay goes to the worker as one queue item, yet an event recorded in its middle
+    /// completes there: another stream waiting on it can signal what the rest of the
+    /// graph waits for.
+    #[test]
+    fn an_event_recorded_inside_a_replay_completes_before_the_replay_ends() {
+        let device = MockDevice::with_profile(Profile::Discrete).unwrap();
+        let (s, t) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+        let buffer = device.allocate(4096, MemoryKind::Device, &s).unwrap();
+        let (f, done) = (device.create_fence(0).unwrap(), device.create_fence(0).unwrap());
+        let middle = device.event(false).unwrap();
+        let pool = device.graph_pool();
+        let timeout = Duration::from_secs(10);
+        for round in 1..=3u64 {
+            let (graph, ()) = s
+                .capture(&pool, |s| {
+                    s.fill(&buffer, 0, 2048, 1)?;
+                    middle.record(s)?;
+                    s.wait(&f, round)?;
+                    s.fill(&buffer, 2048, 2048, 2)?;
+                    s.signal(&done, round)
+                })
+                .unwrap();
+            let exec = graph.instantiate().unwrap();
+            exec.launch(&s).unwrap();
+            t.wait_event(&middle).unwrap();
+            t.signal(&f, round).unwrap();
+            done.wait(round, timeout).unwrap();
+        }
+        let mut out = vec![0u8; 4096];
+        s.read(&buffer, 0, &mut out).unwrap();
+        assert!(out[..2048].iter().all(|&b| b == 1) && out[2048..].iter().all(|&b| b == 2));
+    }
+}

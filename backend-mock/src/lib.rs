@@ -38,6 +38,7 @@ mod event;
 mod fence;
 mod graph;
 mod import;
+mod lifetimes;
 mod managed;
 mod memory;
 mod profile;

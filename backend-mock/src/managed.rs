@@ -32,8 +32,7 @@ impl DeviceState {
         if region.len == 0 {
             return Err(Error::invalid(operation, "the region is empty"));
         }
-        let checker = self.checker.lock();
-        let allocation = checker
+        self.lifetimes
             .native(region.native)
             .filter(|a| region.address >= a.address() && region.address + region.len <= a.address() + a.size)
             .ok_or_else(|| {
@@ -44,8 +43,7 @@ impl DeviceState {
                         region.address, region.len
                     ),
                 )
-            })?;
-        Ok(allocation.clone())
+            })
     }
 
     /// Applies `advice` to the managed allocation holding `region`. A preferred location

@@ -56,11 +56,11 @@ impl NativeMemory for MockMemory {
     }
 
     fn on_handed_out(&self, block: &NativeBlock, len: u64, _stream: StreamId) {
-        self.state.checker.lock().handed_out(block, len);
+        self.state.lifetimes.handed_out(block, len);
     }
 
     fn on_returned(&self, block: &NativeBlock, stream: StreamId) {
-        self.state.checker.lock().returned(block, stream);
+        self.state.lifetimes.returned(block, stream);
     }
 }
 

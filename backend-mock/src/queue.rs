@@ -111,9 +111,16 @@ impl Action {
     }
 }
 
+/// One queue item: an action, or a run of actions (a graph replay) sent at once.
+/// Actions are numbered `seq`, `seq + 1`, … in order.
 struct Job {
     seq: u64,
-    action: Action,
+    work: Work,
+}
+
+enum Work {
+    One(Action),
+    Batch(Vec<Action>),
 }
 
 struct Submitter {
@@ -141,12 +148,22 @@ impl MockQueue {
         std::thread::Builder::new()
             .name(format!("gpuhal-mock {id}"))
             .spawn(move || {
-                for job in receiver {
+                let run = |seq: u64, action: Action| {
                     if let Some(delay) = delay {
                         std::thread::sleep(delay);
                     }
-                    job.action.run();
-                    worker_progress.complete(job.seq);
+                    action.run();
+                    worker_progress.complete(seq);
+                };
+                for job in receiver {
+                    match job.work {
+                        Work::One(action) => run(job.seq, action),
+                        Work::Batch(actions) => {
+                            for (seq, action) in (job.seq..).zip(actions) {
+                                run(seq, action);
+                            }
+                        }
+                    }
                 }
             })
             .map_err(|err| {
@@ -178,6 +195,7 @@ impl MockQueue {
         SubmitGuard {
             queue: self,
             submitter: self.submit.lock(),
+            batch: None,
         }
     }
 
@@ -208,13 +226,58 @@ impl std::fmt::Debug for MockQueue {
 pub(crate) struct SubmitGuard<'a> {
     queue: &'a MockQueue,
     submitter: MutexGuard<'a, Submitter>,
+    /// While batching: the sequence number before the batch, and its actions.
+    batch: Option<(u64, Vec<Action>)>,
 }
 
 impl SubmitGuard<'_> {
-    /// Enqueues `action`; returns its sequence number.
+    /// Enqueues `action` (or adds it to the batch being built); returns its sequence
+    /// number.
     pub(crate) fn push(&mut self, action: Action) -> Result<u64> {
         let seq = self.submitter.last + 1;
-        self.submitter.sender.send(Job { seq, action }).map_err(|_| {
+        match &mut self.batch {
+            Some((_, actions)) => actions.push(action),
+            None => self.send(Job {
+                seq,
+                work: Work::One(action),
+            })?,
+        }
+        self.submitter.last = seq;
+        Ok(seq)
+    }
+
+    /// Collects what is pushed from now on into one queue item, sent by
+    /// [`end_batch`](Self::end_batch).
+    pub(crate) fn begin_batch(&mut self, capacity: usize) {
+        if self.batch.is_none() {
+            self.batch = Some((self.submitter.last, Vec::with_capacity(capacity)));
+        }
+    }
+
+    /// Sends the batch begun by [`begin_batch`](Self::begin_batch) as one queue item.
+    pub(crate) fn end_batch(&mut self) -> Result<()> {
+        let Some((before, actions)) = self.batch.take() else {
+            return Ok(());
+        };
+        match actions.len() {
+            0 => Ok(()),
+            1 => {
+                let action = actions.into_iter().next().map(Work::One);
+                match action {
+                    Some(work) => self.send(Job { seq: before + 1, work }),
+                    None => Ok(()),
+                }
+            }
+            _ => self.send(Job {
+                seq: before + 1,
+                work: Work::Batch(actions),
+            }),
+        }
+        .inspect_err(|_| self.submitter.last = before)
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.submitter.sender.send(job).map_err(|_| {
             Error::native(
                 format!("enqueueing on {}", self.queue.id),
                 NativeError {
@@ -223,9 +286,7 @@ impl SubmitGuard<'_> {
                     name: "MOCK_ERROR_STREAM_WORKER_GONE".into(),
                 },
             )
-        })?;
-        self.submitter.last = seq;
-        Ok(seq)
+        })
     }
 
     /// The sequence number of the last action enqueued (0 if none).
@@ -246,5 +307,13 @@ impl SubmitGuard<'_> {
     /// The stream's id.
     pub(crate) fn stream_id(&self) -> StreamId {
         self.queue.id
+    }
+}
+
+impl Drop for SubmitGuard<'_> {
+    fn drop(&mut self) {
+        // A batch left open by an early return still goes out: its actions were checked
+        // and recorded. (A send error means the worker is gone; nothing can run them.)
+        let _ = self.end_batch();
     }
 }

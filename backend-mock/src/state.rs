@@ -15,6 +15,7 @@ use crate::clock::VectorClock;
 use crate::config::MockConfig;
 use crate::event::MockEvents;
 use crate::fence::FenceState;
+use crate::lifetimes::Lifetimes;
 use crate::profile::Profile;
 use crate::queue::{Action, MockQueue};
 use crate::raw::NativeAllocation;
@@ -35,6 +36,8 @@ pub(crate) struct DeviceState {
     fail_at: Mutex<Option<u64>>,
     next_native_id: AtomicU64,
     pub(crate) checker: Mutex<Checker>,
+    /// Live native allocations and hand-outs, sharded (the checker reads them too).
+    pub(crate) lifetimes: Arc<Lifetimes>,
     pub(crate) events: EventPool<MockEvents>,
     pub(crate) managed_policy: Mutex<ManagedPolicy>,
     pub(crate) import_stats: Mutex<ImportStats>,
@@ -43,6 +46,7 @@ pub(crate) struct DeviceState {
 
 impl DeviceState {
     pub(crate) fn new(config: &MockConfig) -> DeviceState {
+        let lifetimes = Arc::new(Lifetimes::new());
         DeviceState {
             id: DeviceId::fresh(),
             profile: config.profile,
@@ -53,7 +57,8 @@ impl DeviceState {
             native_allocations: AtomicU64::new(0),
             fail_at: Mutex::new(config.fail_native_allocation),
             next_native_id: AtomicU64::new(1),
-            checker: Mutex::new(Checker::new(config.check_races)),
+            checker: Mutex::new(Checker::new(config.check_races, lifetimes.clone())),
+            lifetimes,
             events: EventPool::new(MockEvents),
             managed_policy: Mutex::new(ManagedPolicy::default()),
             import_stats: Mutex::new(ImportStats::default()),
@@ -138,7 +143,7 @@ impl DeviceState {
             native: id,
             native_offset: 0,
         };
-        self.checker.lock().native_allocated(Arc::new(allocation));
+        self.lifetimes.native_allocated(Arc::new(allocation));
         Ok(block)
     }
 
@@ -174,7 +179,7 @@ impl DeviceState {
     /// Frees a native block, ordered on `stream` when given: the memory goes once the
     /// stream has run everything enqueued before the free.
     pub(crate) fn free_native(&self, block: &NativeBlock, stream: Option<&Arc<MockQueue>>) -> Result<()> {
-        let allocation = self.checker.lock().native_freed(block)?;
+        let allocation = self.lifetimes.native_freed(block)?;
         if allocation.kind != MemoryKind::HostPinned {
             self.used.fetch_sub(allocation.size, Ordering::Relaxed);
         }

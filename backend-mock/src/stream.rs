@@ -10,7 +10,7 @@ use gpuhal_hal::{
 };
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::checker::{Checker, Mode, Touch, Use, HOST};
+use crate::checker::{Checker, Mode, Resolved, Touch, Use, HOST};
 use crate::event::{EventSlot, MockEvent};
 use crate::fence::MockFence;
 use crate::graph::{MockGraph, Node};
@@ -111,14 +111,86 @@ impl MockStream {
         }
         let mut guard = self.queue.lock();
         let mut checker = self.state.checker.lock();
-        // Refuse a replay touching freed memory before any of it is enqueued.
-        for node in nodes {
-            Self::validate(&mut checker, node, Mode::Replay)?;
+        // Resolve every range first: a replay touching freed memory is refused before
+        // any of it is enqueued.
+        let resolved = nodes
+            .iter()
+            .map(|node| Self::resolve_node(&mut checker, node))
+            .collect::<Result<Vec<_>>>()?;
+        // The whole replay goes to the worker as one queue item.
+        guard.begin_batch(nodes.len());
+        let replayed = Self::replay(&mut guard, &mut checker, nodes, resolved);
+        let sent = guard.end_batch();
+        replayed.and(sent)
+    }
+
+    /// The ranges a memory node of a replay reads (a copy's source) and writes.
+    fn resolve_node(checker: &mut Checker, node: &Node) -> Result<Option<(Option<Resolved>, Resolved)>> {
+        let operation = node.operation();
+        Ok(match node {
+            Node::Copy { src, dst } => Some((
+                Some(checker.resolve(operation, src, Use::Read, Mode::Replay)?),
+                checker.resolve(operation, dst, Use::Write, Mode::Replay)?,
+            )),
+            Node::Fill { dst, .. } => Some((None, checker.resolve(operation, dst, Use::Write, Mode::Replay)?)),
+            _ => None,
+        })
+    }
+
+    /// Checks and enqueues a replay's nodes, their ranges resolved. A run of memory
+    /// operations between two synchronisation nodes is one step for the race checker
+    /// (one tick, one check of all its accesses; the stream runs it in order, so its
+    /// accesses need no order among themselves): a race in it enqueues none of the run.
+    fn replay(
+        guard: &mut SubmitGuard<'_>,
+        checker: &mut Checker,
+        nodes: &[Node],
+        resolved: Vec<Option<(Option<Resolved>, Resolved)>>,
+    ) -> Result<()> {
+        let agent = guard.agent();
+        let stream = guard.stream_id();
+        let mut touches: Vec<Touch> = Vec::new();
+        let mut actions: Vec<Action> = Vec::new();
+        let flush = |guard: &mut SubmitGuard<'_>,
+                     checker: &mut Checker,
+                     touches: &mut Vec<Touch>,
+                     actions: &mut Vec<Action>|
+         -> Result<()> {
+            if actions.is_empty() {
+                return Ok(());
+            }
+            let tick = checker.tick(agent);
+            checker.check_accesses(agent, tick, stream, touches)?;
+            touches.clear();
+            for action in actions.drain(..) {
+                guard.push(action)?;
+            }
+            Ok(())
+        };
+        for (node, ranges) in nodes.iter().zip(resolved) {
+            let operation = node.operation();
+            match (node, ranges) {
+                (Node::Copy { .. }, Some((Some(from), to))) => {
+                    let (read, write) = (from.touch(Use::Read, operation), to.touch(Use::Write, operation));
+                    if let (Some(src), Some(dst)) = (from.target, to.target) {
+                        touches.extend([read, write]);
+                        actions.push(Action::Copy { src, dst });
+                    }
+                }
+                (Node::Fill { value, .. }, Some((_, to))) => {
+                    let write = to.touch(Use::Write, operation);
+                    if let Some(dst) = to.target {
+                        touches.push(write);
+                        actions.push(Action::Fill { dst, value: *value });
+                    }
+                }
+                _ => {
+                    flush(guard, checker, &mut touches, &mut actions)?;
+                    Self::enqueue(guard, checker, node, Mode::Replay)?;
+                }
+            }
         }
-        for node in nodes {
-            Self::enqueue(&mut guard, &mut checker, node, Mode::Replay)?;
-        }
-        Ok(())
+        flush(guard, checker, &mut touches, &mut actions)
     }
 
     /// Checks the memory `node` names is live (nothing is enqueued or recorded).
@@ -150,22 +222,8 @@ impl MockStream {
                     return Ok(());
                 }
                 let tick = checker.tick(agent);
-                checker.check_accesses(
-                    agent,
-                    tick,
-                    stream,
-                    operation,
-                    &[
-                        Touch {
-                            resolved: &from,
-                            kind: Use::Read,
-                        },
-                        Touch {
-                            resolved: &to,
-                            kind: Use::Write,
-                        },
-                    ],
-                )?;
+                let touches = [from.touch(Use::Read, operation), to.touch(Use::Write, operation)];
+                checker.check_accesses(agent, tick, stream, &touches)?;
                 if let (Some(src), Some(dst)) = (from.target, to.target) {
                     guard.push(Action::Copy { src, dst })?;
                 }
@@ -176,11 +234,7 @@ impl MockStream {
                     return Ok(());
                 }
                 let tick = checker.tick(agent);
-                let touch = Touch {
-                    resolved: &to,
-                    kind: Use::Write,
-                };
-                checker.check_accesses(agent, tick, stream, operation, &[touch])?;
+                checker.check_accesses(agent, tick, stream, &[to.touch(Use::Write, operation)])?;
                 if let Some(dst) = to.target {
                     guard.push(Action::Fill { dst, value: *value })?;
                 }
@@ -261,11 +315,8 @@ impl gpuhal_hal::Stream<MockBackend> for MockStream {
         }
         let agent = guard.agent();
         let tick = checker.tick(agent);
-        let touch = Touch {
-            resolved: &to,
-            kind: Use::Write,
-        };
-        checker.check_accesses(agent, tick, guard.stream_id(), OPERATION, &[touch])?;
+        let touch = to.touch(Use::Write, OPERATION);
+        checker.check_accesses(agent, tick, guard.stream_id(), &[touch])?;
         drop(checker);
         if let Some(dst) = to.target {
             guard.push(Action::Write {
@@ -290,11 +341,8 @@ impl gpuhal_hal::Stream<MockBackend> for MockStream {
             }
             let agent = guard.agent();
             let tick = checker.tick(agent);
-            let touch = Touch {
-                resolved: &from,
-                kind: Use::Read,
-            };
-            checker.check_accesses(agent, tick, guard.stream_id(), OPERATION, &[touch])?;
+            let touch = from.touch(Use::Read, OPERATION);
+            checker.check_accesses(agent, tick, guard.stream_id(), &[touch])?;
             let seen = checker.clock(agent);
             drop(checker);
             if let Some(src) = from.target {

@@ -1,0 +1,261 @@
+//! The lifetime half of the checker: which native allocations are live, which blocks the
+//! pool has handed out as buffers, and how returned or freed ones went.
+//!
+//! Sharded by native allocation: a buffer lies inside one native allocation, so hand-outs
+//! and returns on different streams (different blocks, hence different natives) take
+//! different locks and do not serialize on one device-wide lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use gpuhal_hal::pool::NativeBlock;
+use gpuhal_hal::{Error, Result, StreamId};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::raw::NativeAllocation;
+
+/// Number of shards (a power of two).
+const SHARDS: usize = 64;
+
+/// Records of freed memory a shard keeps for error messages before old ones are forgotten.
+const REMEMBERED_FREES: usize = 4096;
+
+/// Whether an operation reads or writes a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    Read,
+    Write,
+}
+
+/// One stream operation's access to a buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Access {
+    pub(crate) agent: usize,
+    pub(crate) tick: u64,
+    /// False when the access followed a fence wait whose signal was not enqueued yet:
+    /// its order against other streams is unknown.
+    pub(crate) ordered: bool,
+    pub(crate) stream: StreamId,
+    pub(crate) operation: &'static str,
+    pub(crate) kind: Use,
+}
+
+impl Access {
+    pub(crate) fn describe(&self) -> String {
+        let what = match self.kind {
+            Use::Read => "reads",
+            Use::Write => "writes",
+        };
+        format!("{} {what} it ({})", self.stream, self.operation)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    pub(crate) last_write: Option<Access>,
+    pub(crate) reads: Vec<Access>,
+}
+
+/// How a buffer stopped being live (formatted only for an error message).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ending {
+    /// Its native memory was freed while it was live.
+    NativeFreed,
+    /// Dropped, back in a graph pool.
+    GraphPool,
+    /// Dropped, back in a stream's cache.
+    Cache(StreamId),
+}
+
+impl Ending {
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Ending::NativeFreed => "its native memory was freed while it was live".into(),
+            Ending::GraphPool => "the buffer's drop (returned to its graph pool)".into(),
+            Ending::Cache(stream) => format!("the buffer's drop (returned to the cache of {stream})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Life {
+    Live,
+    /// Returned to the pool (or the native memory freed).
+    Returned(Ending),
+}
+
+/// A block handed out as a buffer, live or returned.
+#[derive(Debug)]
+pub(crate) struct HandOut {
+    pub(crate) len: u64,
+    /// The native allocation token the block was carved from.
+    pub(crate) native: u64,
+    pub(crate) serial: u64,
+    /// None once the native memory is freed.
+    pub(crate) allocation: Option<Arc<NativeAllocation>>,
+    pub(crate) life: Life,
+    pub(crate) history: History,
+}
+
+/// One shard: the native allocations whose token maps here, and their hand-outs by address.
+#[derive(Default)]
+pub(crate) struct Shard {
+    natives: HashMap<u64, Arc<NativeAllocation>>,
+    freed_natives: HashMap<u64, u64>,
+    pub(crate) handouts: BTreeMap<u64, HandOut>,
+    /// Hand-outs made in this shard (serials are `made * SHARDS + shard index`).
+    made: u64,
+}
+
+impl Shard {
+    /// The native allocation with token `id`, if live and in this shard.
+    pub(crate) fn native(&self, id: u64) -> Option<&Arc<NativeAllocation>> {
+        self.natives.get(&id)
+    }
+
+    /// The hand-out whose range holds `address`, with its start.
+    pub(crate) fn containing(&self, address: u64) -> Option<(u64, &HandOut)> {
+        self.handouts
+            .range(..=address)
+            .next_back()
+            .filter(|(start, handout)| address < *start + handout.len.max(1))
+            .map(|(start, handout)| (*start, handout))
+    }
+
+    fn forget_range(&mut self, start: u64, end: u64) {
+        let mut keys: Vec<u64> = self.handouts.range(start..end).map(|(k, _)| *k).collect();
+        if let Some((&key, handout)) = self.handouts.range(..start).next_back() {
+            if key + handout.len > start {
+                keys.push(key);
+            }
+        }
+        for key in keys {
+            self.handouts.remove(&key);
+        }
+    }
+}
+
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// The lifetime records of one device.
+pub(crate) struct Lifetimes {
+    shards: Box<[Padded]>,
+}
+
+impl Lifetimes {
+    pub(crate) fn new() -> Lifetimes {
+        Lifetimes {
+            shards: (0..SHARDS).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
+        }
+    }
+
+    /// The shard that holds native allocation `native` and its hand-outs.
+    pub(crate) fn shard_of(native: u64) -> usize {
+        (native as usize) & (SHARDS - 1)
+    }
+
+    pub(crate) fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        self.shards[shard & (SHARDS - 1)].0.lock()
+    }
+
+    /// Every shard index.
+    pub(crate) fn indices() -> std::ops::Range<usize> {
+        0..SHARDS
+    }
+
+    // ----- native memory -----
+
+    pub(crate) fn native_allocated(&self, allocation: Arc<NativeAllocation>) {
+        let start = allocation.address();
+        let mut shard = self.lock(Self::shard_of(allocation.id));
+        // Records of earlier memory of this shard at these addresses no longer mean
+        // anything. (Other shards' records there are of freed natives, and are only
+        // found through their own token.)
+        shard.forget_range(start, start + allocation.size);
+        shard.freed_natives.remove(&allocation.id);
+        shard.natives.insert(allocation.id, allocation);
+    }
+
+    /// Takes a native allocation out of the registry for freeing.
+    pub(crate) fn native_freed(&self, block: &NativeBlock) -> Result<Arc<NativeAllocation>> {
+        let mut guard = self.lock(Self::shard_of(block.native));
+        let shard = &mut *guard;
+        let Some(allocation) = shard.natives.remove(&block.native) else {
+            return Err(match shard.freed_natives.get(&block.native) {
+                Some(_) => Error::DoubleFree {
+                    address: block.address,
+                    allocation: block.native,
+                    first: "an earlier native free of the same block".into(),
+                },
+                None => Error::invalid(
+                    "free",
+                    format!(
+                        "block {:#x} (native #{}) was not allocated by this device",
+                        block.address, block.native
+                    ),
+                ),
+            });
+        };
+        if shard.freed_natives.len() >= REMEMBERED_FREES {
+            shard.freed_natives.clear();
+        }
+        shard.freed_natives.insert(allocation.id, allocation.address());
+        let start = allocation.address();
+        let end = start + allocation.size;
+        for (_, handout) in shard.handouts.range_mut(start..end) {
+            if handout.native != allocation.id {
+                continue;
+            }
+            handout.allocation = None;
+            if matches!(handout.life, Life::Live) {
+                handout.life = Life::Returned(Ending::NativeFreed);
+            }
+        }
+        if shard.handouts.len() > REMEMBERED_FREES {
+            shard
+                .handouts
+                .retain(|_, h| matches!(h.life, Life::Live) || h.allocation.is_some());
+        }
+        Ok(allocation)
+    }
+
+    /// The native allocation with token `id`, if live.
+    pub(crate) fn native(&self, id: u64) -> Option<Arc<NativeAllocation>> {
+        self.lock(Self::shard_of(id)).native(id).cloned()
+    }
+
+    // ----- buffer lifetimes -----
+
+    pub(crate) fn handed_out(&self, block: &NativeBlock, len: u64) {
+        let index = Self::shard_of(block.native);
+        let mut shard = self.lock(index);
+        shard.forget_range(block.address, block.address + block.size.max(len));
+        shard.made += 1;
+        let serial = shard.made * SHARDS as u64 + index as u64;
+        let allocation = shard.natives.get(&block.native).cloned();
+        shard.handouts.insert(
+            block.address,
+            HandOut {
+                len,
+                native: block.native,
+                serial,
+                allocation,
+                life: Life::Live,
+                history: History::default(),
+            },
+        );
+    }
+
+    pub(crate) fn returned(&self, block: &NativeBlock, stream: StreamId) {
+        let mut shard = self.lock(Self::shard_of(block.native));
+        if let Some(handout) = shard.handouts.get_mut(&block.address) {
+            handout.history = History::default();
+            handout.life = Life::Returned(if stream.0 == 0 {
+                Ending::GraphPool
+            } else {
+                Ending::Cache(stream)
+            });
+        }
+    }
+}
