@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::hot_lock::HotLock;
 
 use crate::error::Result;
 use crate::stats::EventStats;
@@ -18,13 +18,19 @@ pub trait NativeEvents: Send + Sync + 'static {
     fn destroy(&self, event: Self::Event);
 }
 
+/// Idle events of one flavour, and how many were handed out (counted under the same
+/// lock, so acquiring touches no other shared counter).
+struct IdleList<E> {
+    events: Vec<E>,
+    acquired: u64,
+}
+
 struct Inner<F: NativeEvents> {
     factory: F,
     /// Idle events: [without timing, with timing].
-    idle: [Mutex<Vec<F::Event>>; 2],
+    idle: [HotLock<IdleList<F::Event>>; 2],
     created: AtomicU64,
     destroyed: AtomicU64,
-    acquired: AtomicU64,
 }
 
 /// A per-device pool of native events. Cheap to clone (shared handle).
@@ -46,10 +52,14 @@ impl<F: NativeEvents> EventPool<F> {
         EventPool {
             inner: Arc::new(Inner {
                 factory,
-                idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+                idle: [(); 2].map(|_| {
+                    HotLock::new(IdleList {
+                        events: Vec::new(),
+                        acquired: 0,
+                    })
+                }),
                 created: AtomicU64::new(0),
                 destroyed: AtomicU64::new(0),
-                acquired: AtomicU64::new(0),
             }),
         }
     }
@@ -62,8 +72,11 @@ impl<F: NativeEvents> EventPool<F> {
     /// An idle event, or a new native one if none is idle. It returns to the pool on drop.
     pub fn acquire(&self, timing: bool) -> Result<PooledEvent<F>> {
         let inner = &self.inner;
-        inner.acquired.fetch_add(1, Ordering::Relaxed);
-        let reused = inner.idle[timing as usize].lock().pop();
+        let reused = {
+            let mut idle = inner.idle[timing as usize].lock();
+            idle.acquired += 1;
+            idle.events.pop()
+        };
         let event = match reused {
             Some(event) => event,
             None => {
@@ -83,7 +96,7 @@ impl<F: NativeEvents> EventPool<F> {
     pub fn trim(&self) -> u64 {
         let mut count = 0;
         for idle in &self.inner.idle {
-            for event in idle.lock().drain(..) {
+            for event in idle.lock().events.drain(..) {
                 self.inner.factory.destroy(event);
                 count += 1;
             }
@@ -99,8 +112,8 @@ impl<F: NativeEvents> EventPool<F> {
         EventStats {
             native_live: created - inner.destroyed.load(Ordering::Relaxed),
             native_created: created,
-            acquired: inner.acquired.load(Ordering::Relaxed),
-            idle: inner.idle.iter().map(|i| i.lock().len() as u64).sum(),
+            acquired: inner.idle.iter().map(|i| i.lock().acquired).sum(),
+            idle: inner.idle.iter().map(|i| i.lock().events.len() as u64).sum(),
         }
     }
 }
@@ -108,7 +121,7 @@ impl<F: NativeEvents> EventPool<F> {
 impl<F: NativeEvents> Drop for Inner<F> {
     fn drop(&mut self) {
         for idle in &mut self.idle {
-            for event in idle.get_mut().drain(..) {
+            for event in idle.get_mut().events.drain(..) {
                 self.factory.destroy(event);
             }
         }
@@ -153,7 +166,47 @@ impl<F: NativeEvents> std::ops::Deref for PooledEvent<F> {
 impl<F: NativeEvents> Drop for PooledEvent<F> {
     fn drop(&mut self) {
         if let Some(event) = self.event.take() {
-            self.pool.idle[self.timing as usize].lock().push(event);
+            self.pool.idle[self.timing as usize].lock().events.push(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events are plain numbers; the factory counts what it made and destroyed.
+    #[derive(Default)]
+    struct Numbers {
+        made: AtomicU64,
+        destroyed: AtomicU64,
+    }
+
+    impl NativeEvents for Arc<Numbers> {
+        type Event = u64;
+        fn create(&self, _timing: bool) -> Result<u64> {
+            Ok(self.made.fetch_add(1, Ordering::Relaxed))
+        }
+        fn destroy(&self, _event: u64) {
+            self.destroyed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn steady_state_reuses_events_and_keeps_flavours_apart() {
+        let numbers = Arc::new(Numbers::default());
+        let pool = EventPool::new(numbers.clone());
+        for _ in 0..100 {
+            let plain = pool.acquire(false).unwrap();
+            let timed = pool.acquire(true).unwrap();
+            assert!(!plain.has_timing() && timed.has_timing());
+            assert_ne!(*plain, *timed, "a timing event is never handed out as a plain one");
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.native_created, 2, "one native event per flavour, then reuse");
+        assert_eq!((stats.acquired, stats.idle, stats.native_live), (200, 2, 2));
+        assert_eq!(pool.trim(), 2);
+        assert_eq!(numbers.destroyed.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.stats().native_live, 0);
     }
 }

@@ -23,6 +23,7 @@
 mod backend;
 mod error;
 pub mod event_pool;
+mod hot_lock;
 pub mod pool;
 mod stats;
 pub mod trace;

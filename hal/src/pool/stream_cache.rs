@@ -7,11 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// The lock of one stream's cache. A shard is normally touched by the one thread that
-/// drives its stream, so the lock is almost never contended; a spin lock releases with a
-/// plain store, saving an atomic read-modify-write on every hand-out and return (about a
-/// fifth of the hit path). Under contention it yields rather than burning the core.
-pub(crate) type ShardLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+pub(crate) use crate::hot_lock::HotLock as ShardLock;
 
 use super::allocator::PoolShared;
 use super::buffer::Buffer;
