@@ -381,25 +381,27 @@ impl<N: NativeMemory> PoolShared<N> {
                 shard.poll_pending(state);
             }
         }
-        // (returned_at, shard index, slot, size): oldest first. Each free list is ordered
-        // by return time, so what is taken from one list is always a prefix.
-        let mut candidates: Vec<(u64, usize, usize, u64)> = Vec::new();
+        // Oldest first across every free list: each list is ordered by return time, so a
+        // merge over the list heads finds the oldest blocks without sorting them all, and
+        // what is taken from one list is always a prefix of it.
+        let mut heads = std::collections::BinaryHeap::new();
         for (index, state) in states.iter().enumerate() {
             for (slot, list) in state.free.lists() {
-                candidates.extend(list.iter().map(|c| (c.returned_at, index, slot, c.block.size)));
+                heads.push(std::cmp::Reverse((list[0].returned_at, index, slot, 0usize)));
             }
-        }
-        if bytes != u64::MAX {
-            candidates.sort_unstable();
         }
         let mut released = 0u64;
         let mut counts: std::collections::HashMap<(usize, usize), usize> = Default::default();
-        for &(_, index, slot, size) in &candidates {
-            if released >= bytes {
+        while released < bytes {
+            let Some(std::cmp::Reverse((_, index, slot, position))) = heads.pop() else {
                 break;
-            }
+            };
+            let list = states[index].free.list(slot);
+            released += list[position].block.size;
             *counts.entry((index, slot)).or_default() += 1;
-            released += size;
+            if let Some(next) = list.get(position + 1) {
+                heads.push(std::cmp::Reverse((next.returned_at, index, slot, position + 1)));
+            }
         }
         let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
         for ((index, slot), count) in counts {

@@ -49,6 +49,11 @@ impl FreeLists {
         self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty())
     }
 
+    /// The blocks of one slot, oldest first.
+    pub(crate) fn list(&self, slot: usize) -> &[CachedBlock] {
+        self.lists.get(slot).map_or(&[], Vec::as_slice)
+    }
+
     /// Removes the `count` oldest blocks of a slot.
     pub(crate) fn take_oldest(&mut self, slot: usize, count: usize) -> std::vec::Drain<'_, CachedBlock> {
         let list = &mut self.lists[slot];
