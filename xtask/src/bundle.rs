@@ -240,7 +240,8 @@ fi
 # One thread: GPU tests share one device and its memory.
 for test_binary in "$bundle"/bin/gpuhal-cuda-test-*; do
     [ -x "$test_binary" ] || continue
-    step "$(basename "$test_binary")" "$test_binary" --include-ignored --test-threads=1
+    # Ignored tests are known driver hangs (see the test), kept out of the unattended run.
+    step "$(basename "$test_binary")" env GPUHAL_REQUIRE_GPU=1 "$test_binary" --test-threads=1
 done
 
 mkdir -p "$results/bench"
