@@ -297,17 +297,9 @@ impl<N: NativeMemory> PoolShared<N> {
     fn allocate_native(&self, shard: &Arc<Shard<N>>, rounded: u64, kind: MemoryKind, len: u64) -> Result<NativeBlock> {
         let mut global = self.global.lock();
         let live_rounded = self.sample_live(&mut global);
-
-        if let Some(limit) = global.g.config.memory_limit {
-            if global.g.reserved_bytes + rounded > limit {
-                let excess = global.g.reserved_bytes + rounded - limit;
-                self.evict(&mut global, excess);
-                if global.g.reserved_bytes + rounded > limit {
-                    global.g.oom_errors += 1;
-                    drop(global);
-                    return Err(self.out_of_memory(len, kind, Some(limit)));
-                }
-            }
+        if let Some(limit) = self.make_room_under_limit(&mut global, rounded) {
+            drop(global);
+            return Err(self.out_of_memory(len, kind, Some(limit)));
         }
 
         let slack = global.g.config.reserve_slack;
@@ -344,6 +336,22 @@ impl<N: NativeMemory> PoolShared<N> {
         g.peak_reserved_bytes = g.peak_reserved_bytes.max(g.reserved_bytes);
         g.peak_live_rounded = g.peak_live_rounded.max(live_rounded + rounded);
         Ok(block)
+    }
+
+    /// Releases idle blocks until `rounded` more bytes fit under the memory limit. Returns
+    /// the limit (and counts the refusal) when they still do not fit.
+    fn make_room_under_limit(&self, global: &mut GlobalState<N>, rounded: u64) -> Option<u64> {
+        let limit = global.g.config.memory_limit?;
+        if global.g.reserved_bytes + rounded <= limit {
+            return None;
+        }
+        let excess = global.g.reserved_bytes + rounded - limit;
+        self.evict(global, excess);
+        if global.g.reserved_bytes + rounded <= limit {
+            return None;
+        }
+        global.g.oom_errors += 1;
+        Some(limit)
     }
 
     /// Sums live bytes across shards and folds the sum into the sampled peaks. Returns
@@ -445,16 +453,9 @@ impl<N: NativeMemory> PoolShared<N> {
     /// limits and reserved totals cover it.
     pub(crate) fn graph_reserve(&self, rounded: u64, len: u64, kind: MemoryKind) -> Result<()> {
         let mut global = self.global.lock();
-        if let Some(limit) = global.g.config.memory_limit {
-            if global.g.reserved_bytes + rounded > limit {
-                let excess = global.g.reserved_bytes + rounded - limit;
-                self.evict(&mut global, excess);
-                if global.g.reserved_bytes + rounded > limit {
-                    global.g.oom_errors += 1;
-                    drop(global);
-                    return Err(self.out_of_memory(len, kind, Some(limit)));
-                }
-            }
+        if let Some(limit) = self.make_room_under_limit(&mut global, rounded) {
+            drop(global);
+            return Err(self.out_of_memory(len, kind, Some(limit)));
         }
         let g = &mut global.g;
         g.native_allocations += 1;
