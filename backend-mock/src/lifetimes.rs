@@ -6,6 +6,7 @@
 //! different locks and do not serialize on one device-wide lock.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use gpuhal_hal::pool::NativeBlock;
@@ -97,11 +98,34 @@ pub(crate) struct HandOut {
     pub(crate) history: History,
 }
 
+/// Hashes native allocation tokens (small sequential integers the mock hands out
+/// itself, so no defence against chosen keys is needed): one multiply.
+#[derive(Default)]
+pub(crate) struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
+
 /// One shard: the native allocations whose token maps here, and their hand-outs by address.
 #[derive(Default)]
 pub(crate) struct Shard {
-    natives: HashMap<u64, Arc<NativeAllocation>>,
-    freed_natives: HashMap<u64, u64>,
+    natives: TokenMap<Arc<NativeAllocation>>,
+    freed_natives: TokenMap<u64>,
     pub(crate) handouts: BTreeMap<u64, HandOut>,
     /// Hand-outs made in this shard (serials are `made * SHARDS + shard index`).
     made: u64,

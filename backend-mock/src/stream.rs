@@ -149,8 +149,8 @@ impl MockStream {
     ) -> Result<()> {
         let agent = guard.agent();
         let stream = guard.stream_id();
-        let mut touches: Vec<Touch> = Vec::new();
-        let mut actions: Vec<Action> = Vec::new();
+        let mut touches: Vec<Touch> = Vec::with_capacity(2 * nodes.len());
+        let mut actions: Vec<Action> = Vec::with_capacity(nodes.len());
         let flush = |guard: &mut SubmitGuard<'_>,
                      checker: &mut Checker,
                      touches: &mut Vec<Touch>,
