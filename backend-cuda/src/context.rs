@@ -10,6 +10,7 @@ use gpuhal_hal::{Error, NativeError, Result};
 use parking_lot::Mutex;
 
 use crate::error::Context as _;
+use crate::kernels::SmallOpKernels;
 use crate::raw::{self, CUcontext, CUdevice};
 
 /// The oldest driver whose entry points the bindings use (CUDA 12.2: location-based
@@ -113,6 +114,9 @@ pub(crate) struct Context {
     device: CUdevice,
     ordinal: u32,
     retired: Mutex<Vec<Retired>>,
+    /// gpuhal's kernels for small fills and copies; `Err` says why the driver could not
+    /// load them (streams then use memset and memcpy for every size).
+    small_ops: std::result::Result<SmallOpKernels, NativeError>,
 }
 
 // SAFETY: a CUDA context handle may be used from any thread; the driver synchronises
@@ -135,25 +139,51 @@ impl Context {
         let device = raw::device_get(index).context(|| format!("getting CUDA device {ordinal}"))?;
         let raw = raw::primary_ctx_retain(device)
             .context(|| format!("retaining the primary context of CUDA device {ordinal}"))?;
+        let bound = Self::bind_raw(raw, ordinal);
+        // Loaded once, at open: module loading is not allowed while a stream captures.
+        let small_ops = match &bound {
+            Ok(()) => SmallOpKernels::load(),
+            Err(_) => Err(NativeError {
+                call: "cuCtxSetCurrent",
+                code: -1,
+                name: "CONTEXT_NOT_CURRENT".into(),
+            }),
+        };
         let ctx = Arc::new(Context {
             raw,
             device,
             ordinal,
             retired: Mutex::new(Vec::new()),
+            small_ops,
         });
-        ctx.bind()?;
+        bound?;
         Ok(ctx)
     }
 
     /// Makes the context current on the calling thread, if it is not already.
     #[inline]
     pub(crate) fn bind(&self) -> Result<()> {
+        Self::bind_raw(self.raw, self.ordinal)
+    }
+
+    #[inline]
+    fn bind_raw(ctx: CUcontext, ordinal: u32) -> Result<()> {
         let current = raw::ctx_get_current().context(|| "reading the current CUDA context".into())?;
-        if current != self.raw {
-            raw::ctx_set_current(self.raw)
-                .context(|| format!("making the context of CUDA device {} current", self.ordinal))?;
+        if current != ctx {
+            raw::ctx_set_current(ctx).context(|| format!("making the context of CUDA device {ordinal} current"))?;
         }
         Ok(())
+    }
+
+    /// The kernels for small fills and copies, when the driver loaded them.
+    #[inline]
+    pub(crate) fn small_ops(&self) -> Option<&SmallOpKernels> {
+        self.small_ops.as_ref().ok()
+    }
+
+    /// Why the small-op kernels are not in use, if they are not.
+    pub(crate) fn small_ops_error(&self) -> Option<&NativeError> {
+        self.small_ops.as_ref().err()
     }
 
     /// The driver's device handle.
@@ -209,6 +239,9 @@ impl Drop for Context {
         // What is still in use is released with the context below.
         if self.bind().is_ok() {
             self.collect_retired();
+            if let Ok(kernels) = &self.small_ops {
+                let _ = kernels.unload();
+            }
         }
         // Nothing useful can be done with a failed release at drop.
         let _ = raw::primary_ctx_release(self.device);

@@ -32,6 +32,7 @@ mod event;
 mod fence;
 mod graph;
 mod host_import;
+mod kernels;
 mod memory;
 mod raw;
 mod stream;
@@ -41,6 +42,7 @@ pub use device::{CudaDevice, DeviceAttributes};
 pub use event::{CudaEvent, CudaEvents, RawEvent};
 pub use fence::CudaFence;
 pub use graph::{CudaGraph, CudaGraphExec};
+pub use kernels::SMALL_OP_LIMIT;
 pub use memory::{CudaMarker, CudaMemory};
 pub use stream::{CudaStream, StreamHandle};
 

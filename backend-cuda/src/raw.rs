@@ -15,8 +15,8 @@ use cudarc::driver::sys::{self, CUresult};
 use crate::error::{check, NativeResult};
 
 pub(crate) use sys::{
-    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUgraph, CUgraphExec, CUgraphExecUpdateResult,
-    CUmemLocation, CUmem_advise, CUmem_range_attribute, CUmemoryPool, CUstream,
+    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUgraph, CUgraphExec,
+    CUgraphExecUpdateResult, CUmemLocation, CUmem_advise, CUmem_range_attribute, CUmemoryPool, CUmodule, CUstream,
 };
 
 /// `cuInit(0)`.
@@ -396,6 +396,63 @@ pub(crate) fn memset_d8_async(dst: CUdeviceptr, value: u8, len: u64, stream: CUs
     // SAFETY: the range is device-accessible memory bounds-checked by the caller.
     check("cuMemsetD8Async", unsafe {
         sys::cuMemsetD8Async(dst, value, len as usize, stream)
+    })
+}
+
+/// Loads a module from a NUL-terminated PTX image (the driver compiles it for the device
+/// of the current context).
+pub(crate) fn module_load_data(image: &std::ffi::CStr) -> NativeResult<CUmodule> {
+    let mut module: CUmodule = ptr::null_mut();
+    // SAFETY: the out-pointer is a live local; `image` is NUL-terminated and outlives
+    // the call (the driver copies what it needs).
+    check("cuModuleLoadData", unsafe {
+        sys::cuModuleLoadData(&mut module, image.as_ptr().cast())
+    })?;
+    Ok(module)
+}
+
+/// Unloads a module.
+pub(crate) fn module_unload(module: CUmodule) -> NativeResult<()> {
+    // SAFETY: `module` is owned and unloaded once.
+    check("cuModuleUnload", unsafe { sys::cuModuleUnload(module) })
+}
+
+/// A kernel of a loaded module, by name.
+pub(crate) fn module_get_function(module: CUmodule, name: &std::ffi::CStr) -> NativeResult<CUfunction> {
+    let mut function: CUfunction = ptr::null_mut();
+    // SAFETY: the out-pointer is a live local; `name` is NUL-terminated; `module` is live.
+    check("cuModuleGetFunction", unsafe {
+        sys::cuModuleGetFunction(&mut function, module, name.as_ptr())
+    })?;
+    Ok(function)
+}
+
+/// Launches `function` on a one-dimensional grid. `params` holds a pointer to each kernel
+/// argument, in order, each of the type the kernel declares.
+pub(crate) fn launch_kernel(
+    function: CUfunction,
+    blocks: u32,
+    threads: u32,
+    stream: CUstream,
+    params: &mut [*mut c_void],
+) -> NativeResult<()> {
+    // SAFETY: `function` is a live kernel of a loaded module; `params` points at live
+    // locals of the types the kernel declares, which the driver copies before returning;
+    // the device ranges they name were bounds-checked by the caller.
+    check("cuLaunchKernel", unsafe {
+        sys::cuLaunchKernel(
+            function,
+            blocks,
+            1,
+            1,
+            threads,
+            1,
+            1,
+            0,
+            stream,
+            params.as_mut_ptr(),
+            ptr::null_mut(),
+        )
     })
 }
 

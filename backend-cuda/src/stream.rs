@@ -12,6 +12,7 @@ use crate::error::Context as _;
 use crate::event::CudaEvent;
 use crate::fence::CudaFence;
 use crate::graph::CudaGraph;
+use crate::kernels::SmallOpKernels;
 use crate::memory::CudaMemory;
 use crate::raw::{self, CUstream};
 use crate::CudaBackend;
@@ -240,7 +241,11 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
             return Ok(());
         }
         self.bind()?;
-        raw::memcpy_async(to, from, len, self.raw()).context(|| {
+        let copied = match self.ctx.small_ops() {
+            Some(kernels) if SmallOpKernels::takes(len) => kernels.copy(to, from, len, self.raw()),
+            _ => raw::memcpy_async(to, from, len, self.raw()),
+        };
+        copied.context(|| {
             format!(
                 "copying {len} bytes from {from:#x} to {to:#x} on stream {}",
                 self.id_inner().0
@@ -255,7 +260,11 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
             return Ok(());
         }
         self.bind()?;
-        raw::memset_d8_async(address, value, len, self.raw()).context(|| {
+        let filled = match self.ctx.small_ops() {
+            Some(kernels) if SmallOpKernels::takes(len) => kernels.fill(address, len, value, self.raw()),
+            _ => raw::memset_d8_async(address, value, len, self.raw()),
+        };
+        filled.context(|| {
             format!(
                 "filling {len} bytes at {address:#x} with {value:#04x} on stream {}",
                 self.id_inner().0

@@ -113,6 +113,47 @@ fn gpu_device_memory_round_trip_and_caching() {
 }
 
 #[test]
+fn gpu_small_fills_and_copies_go_through_kernels_and_stay_exact() {
+    let device = gpu!();
+    assert!(
+        device.small_op_kernels_error().is_none(),
+        "the small-op kernels did not load: {:?}",
+        device.small_op_kernels_error()
+    );
+    let stream = device.create_stream().unwrap();
+    let limit = gpuhal_cuda::SMALL_OP_LIMIT;
+    // Sizes on both sides of the kernel/memset boundary and of a thread block, at odd
+    // offsets, so a kernel that writes a byte too many or too few shows up.
+    for &len in &[1u64, 255, 256, 257, 4099, limit - 1, limit, limit + 1, 3 * limit + 5] {
+        let total = len + 64;
+        let src = device.allocate(total, MemoryKind::Device, &stream).unwrap();
+        let dst = device.allocate(total, MemoryKind::Device, &stream).unwrap();
+        let pattern: Vec<u8> = (0..total).map(|i| (i * 31 + 7) as u8).collect();
+        stream.write(&src, 0, &pattern).unwrap();
+        stream.fill(&dst, 0, total, 0xEE).unwrap();
+        stream.copy(&src, 3, &dst, 5, len).unwrap();
+        let mut out = vec![0u8; total as usize];
+        stream.read(&dst, 0, &mut out).unwrap();
+        for (i, &byte) in out.iter().enumerate() {
+            let i = i as u64;
+            let expected = if (5..5 + len).contains(&i) {
+                pattern[(i - 2) as usize]
+            } else {
+                0xEE
+            };
+            assert_eq!(byte, expected, "copy of {len} bytes: byte {i}");
+        }
+        let before = out.clone();
+        stream.fill(&dst, 1, len, 0x5A).unwrap();
+        stream.read(&dst, 0, &mut out).unwrap();
+        let end = len as usize + 1;
+        assert_eq!(out[0], before[0], "fill of {len} bytes wrote before its start");
+        assert!(out[1..end].iter().all(|&b| b == 0x5A), "fill of {len} bytes");
+        assert_eq!(out[end..], before[end..], "fill of {len} bytes wrote past its end");
+    }
+}
+
+#[test]
 fn gpu_out_of_memory_is_an_error_with_stats() {
     let device = gpu!();
     let stream = device.create_stream().unwrap();
