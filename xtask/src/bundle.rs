@@ -15,6 +15,11 @@ use crate::cargo::{build_executables, cargo, require_features, require_target, w
 use crate::{BENCH_BIN, BENCH_PACKAGE, CONFORMANCE_BIN, CONFORMANCE_PACKAGE};
 
 const CUDA_PACKAGE: &str = "gpuhal-cuda";
+/// Libraries the Vulkan run needs that GPU hosts often lack, and what each is.
+const VULKAN_SHIPPED: [(&str, &str); 2] = [
+    ("libvulkan.so.1", "the Vulkan loader"),
+    ("libGLdispatch.so.0", "GL dispatch, needed by NVIDIA's Vulkan driver"),
+];
 /// The allocation trace the repository ships (a GPT-2 training run).
 const TRACE: &str = "traces/gpt2_train.jsonl.gz";
 
@@ -100,17 +105,22 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         eprintln!("xtask: no {TRACE} in the checkout; the bundle will not replay a trace");
     }
 
-    // GPU hosts (containers especially) often have NVIDIA's Vulkan driver but no loader;
-    // run.sh uses this copy only when the host has none.
-    match crate::vulkan::find_loader() {
-        Some(loader) => {
-            let lib = out.join("lib");
-            fs::create_dir_all(&lib).with_context(|| format!("could not create {}", lib.display()))?;
-            fs::copy(&loader, lib.join("libvulkan.so.1"))
-                .with_context(|| format!("could not copy the Vulkan loader {}", loader.display()))?;
-        }
-        None => {
-            eprintln!("xtask: no Vulkan loader on this machine to ship; the GPU host will need its own libvulkan.so.1")
+    // GPU hosts (containers especially) often have NVIDIA's Vulkan driver but not the
+    // loader, nor the GL vendor-neutral dispatch library that NVIDIA's ICD
+    // (libGLX_nvidia.so.0) links against; without the latter, instance creation fails with
+    // VK_ERROR_INCOMPATIBLE_DRIVER. run.sh uses these copies only for what the host lacks.
+    for (library, why) in VULKAN_SHIPPED {
+        match crate::vulkan::find_library(library) {
+            Some(found) => {
+                let lib = out.join("lib");
+                fs::create_dir_all(&lib).with_context(|| format!("could not create {}", lib.display()))?;
+                fs::copy(&found, lib.join(library))
+                    .with_context(|| format!("could not copy {library} ({why}) from {}", found.display()))?;
+            }
+            None => eprintln!(
+                "xtask: no {library} ({why}) on this machine to ship; the GPU host will need its own \
+                 (Debian/Ubuntu: libvulkan1 and libglvnd0)"
+            ),
         }
     }
 
@@ -223,9 +233,18 @@ for dir in /etc/vulkan/icd.d /usr/share/vulkan/icd.d /usr/local/share/vulkan/icd
     done
 done
 vulkan_env=()
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 ' && [ -f "$bundle/lib/libvulkan.so.1" ]; then
-    echo "Vulkan: no loader installed on this host; using the bundle's copy of libvulkan.so.1"
-    vulkan_env+=(LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+# Only what the host lacks goes on the library path (through a folder of links), so the
+# host's own copies of the rest still win.
+shipped_dir=""
+for library in libvulkan.so.1 libGLdispatch.so.0; do
+    if ! ldconfig -p 2>/dev/null | grep -q " $library " && [ -f "$bundle/lib/$library" ]; then
+        echo "Vulkan: $library is not installed on this host; using the bundle's copy"
+        [ -n "$shipped_dir" ] || shipped_dir=$(mktemp -d)
+        ln -s "$bundle/lib/$library" "$shipped_dir/$library"
+    fi
+done
+if [ -n "$shipped_dir" ]; then
+    vulkan_env+=(LD_LIBRARY_PATH="$shipped_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 fi
 if [ -n "$nvidia_icd" ]; then
     echo "Vulkan: using $nvidia_icd"

@@ -48,13 +48,18 @@ const LOADER: &str = "libvulkan.so.1";
 
 /// Where `libvulkan.so.1` is, if installed.
 pub fn find_loader() -> Option<PathBuf> {
+    find_library(LOADER)
+}
+
+/// Where the shared library `name` (a soname such as `libvulkan.so.1`) is, if installed.
+pub fn find_library(name: &str) -> Option<PathBuf> {
     // ldconfig knows the dynamic linker's own search path; the directories below cover
     // machines where it is not on PATH.
     if let Ok(output) = Command::new("ldconfig").arg("-p").output() {
         let listing = String::from_utf8_lossy(&output.stdout);
         let found = listing
             .lines()
-            .filter(|line| line.trim_start().starts_with(LOADER))
+            .filter(|line| line.trim_start().starts_with(name))
             .filter_map(|line| line.rsplit("=> ").next())
             .map(|path| PathBuf::from(path.trim()))
             .find(|path| path.exists());
@@ -76,7 +81,7 @@ pub fn find_loader() -> Option<PathBuf> {
         .split(':')
         .filter(|dir| !dir.is_empty())
         .chain(standard)
-        .map(|dir| Path::new(dir).join(LOADER))
+        .map(|dir| Path::new(dir).join(name))
         .find(|path| path.exists());
     found
 }
