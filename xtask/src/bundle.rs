@@ -246,6 +246,19 @@ done
 if [ -n "$shipped_dir" ]; then
     vulkan_env+=(LD_LIBRARY_PATH="$shipped_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 fi
+# NVIDIA's manifest usually names libGLX_nvidia.so.0. On a headless container host (an
+# H200 with driver 580, no X server) the loader could not get 'vkCreateInstance' from it
+# and reported VK_ERROR_INCOMPATIBLE_DRIVER, while the same driver through
+# libEGL_nvidia.so.0 worked; so point a manifest of our own at the EGL library.
+if [ -n "$nvidia_icd" ] && grep -q 'libGLX_nvidia' "$nvidia_icd" \
+    && ldconfig -p 2>/dev/null | grep -q ' libEGL_nvidia\.so\.0 '; then
+    api_version=$(sed -n 's/.*"api_version"[^"]*"\([^"]*\)".*/\1/p' "$nvidia_icd" | head -n 1)
+    headless_icd="$results/nvidia_icd_headless.json"
+    printf '{"file_format_version": "1.0.1", "ICD": {"library_path": "libEGL_nvidia.so.0", "api_version": "%s"}}\n' \
+        "${api_version:-1.3.0}" > "$headless_icd"
+    echo "Vulkan: $nvidia_icd names the GLX library; using NVIDIA's EGL library instead (works with no X server)"
+    nvidia_icd=$headless_icd
+fi
 if [ -n "$nvidia_icd" ]; then
     echo "Vulkan: using $nvidia_icd"
     step vulkan-conformance env "${vulkan_env[@]}" VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd" \
