@@ -1,11 +1,62 @@
 //! State-machine test of the caching pool against a simple model.
+//!
+//! The pool cuts native allocations into pieces and merges them back, so the model
+//! follows native allocations too (through [`Recording`]): every live buffer lies inside
+//! one of them at the offset it claims, live buffers never overlap (pieces of one native
+//! allocation included), and only native allocations with nothing live or pending are
+//! released.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use gpuhal_hal::pool::{Buffer, CachingAllocator, CountingMemory, CountingStream, StreamCache};
-use gpuhal_hal::{MemoryKind, StreamId};
+use gpuhal_hal::pool::{
+    Buffer, CachingAllocator, CountingMarker, CountingMemory, CountingStream, NativeBlock, NativeMemory, StreamCache,
+};
+use gpuhal_hal::{AsRegion, DeviceId, MemoryKind, Result as HalResult, StreamId};
+use parking_lot::Mutex;
 use proptest::prelude::*;
+
+/// Counting memory that remembers every native allocation live now (address → size),
+/// and checks that each free receives a whole native allocation.
+struct Recording {
+    inner: CountingMemory,
+    natives: Mutex<BTreeMap<u64, u64>>,
+    bad_frees: Mutex<Vec<NativeBlock>>,
+}
+
+impl NativeMemory for Recording {
+    type Stream = Arc<CountingStream>;
+    type Marker = CountingMarker;
+
+    fn device(&self) -> DeviceId {
+        self.inner.device()
+    }
+
+    fn allocate(&self, size: u64, kind: MemoryKind, stream: Option<&Self::Stream>) -> HalResult<NativeBlock> {
+        let block = self.inner.allocate(size, kind, stream)?;
+        self.natives.lock().insert(block.address, block.size);
+        Ok(block)
+    }
+
+    fn free(&self, block: NativeBlock, stream: Option<&Self::Stream>) -> HalResult<()> {
+        if self.natives.lock().remove(&block.address) != Some(block.size) || block.native_offset != 0 {
+            self.bad_frees.lock().push(block);
+        }
+        self.inner.free(block, stream)
+    }
+
+    fn record_marker(&self, stream: &Self::Stream) -> HalResult<Self::Marker> {
+        self.inner.record_marker(stream)
+    }
+
+    fn is_marker_complete(&self, marker: &Self::Marker) -> HalResult<bool> {
+        self.inner.is_marker_complete(marker)
+    }
+
+    fn wait_marker(&self, stream: &Self::Stream, marker: &Self::Marker) -> HalResult<()> {
+        self.inner.wait_marker(stream, marker)
+    }
+}
 
 const STREAMS: usize = 3;
 const CAPACITY: u64 = 256 << 20;
@@ -35,30 +86,38 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 struct Live {
-    buffer: Buffer<CountingMemory>,
+    buffer: Buffer<Recording>,
     stream: usize,
     used_on: Vec<usize>,
 }
 
-/// A block freed while other streams had unfinished work on it: it must not come back
-/// until each of those streams has finished.
+/// A block freed after other streams used it: it must not come back (nor any part of
+/// it, as a piece) until each of those streams has finished the work it had then. Kept
+/// until the range is handed out again or `trim` has polled it; `waits_for` is empty
+/// when those streams were idle at the free.
 struct Held {
+    start: u64,
+    end: u64,
     waits_for: Vec<(usize, u64)>,
 }
 
 struct Harness {
-    allocator: CachingAllocator<CountingMemory>,
+    allocator: CachingAllocator<Recording>,
     natives: Vec<Arc<CountingStream>>,
-    caches: Vec<StreamCache<CountingMemory>>,
+    caches: Vec<StreamCache<Recording>>,
     submitted: Vec<u64>,
     finished: Vec<u64>,
     live: Vec<Live>,
-    held: HashMap<u64, Held>,
+    held: Vec<Held>,
 }
 
 impl Harness {
     fn new() -> Self {
-        let allocator = CachingAllocator::new(CountingMemory::new(CAPACITY));
+        let allocator = CachingAllocator::new(Recording {
+            inner: CountingMemory::new(CAPACITY),
+            natives: Mutex::new(BTreeMap::new()),
+            bad_frees: Mutex::new(Vec::new()),
+        });
         let natives: Vec<_> = (0..STREAMS).map(|_| CountingStream::new()).collect();
         let caches = natives
             .iter()
@@ -71,7 +130,7 @@ impl Harness {
             submitted: vec![0; STREAMS],
             finished: vec![0; STREAMS],
             live: Vec::new(),
-            held: HashMap::new(),
+            held: Vec::new(),
         }
     }
 
@@ -86,17 +145,20 @@ impl Harness {
                         prop_assert_eq!(buffer.address() % 256, 0);
                         if size > 0 {
                             prop_assert!(buffer.reserved_len() >= size);
-                            if let Some(held) = self.held.get(&buffer.address()) {
+                            let (start, end) = (buffer.address(), buffer.address() + buffer.reserved_len());
+                            for held in self.held.iter().filter(|h| h.start < end && start < h.end) {
                                 for &(s, ticket) in &held.waits_for {
                                     prop_assert!(
                                         self.finished[s] >= ticket,
-                                        "block {:#x} handed out before stream {} finished its use",
-                                        buffer.address(),
+                                        "block {:#x} handed out over {:#x}..{:#x} before stream {} finished its use",
+                                        start,
+                                        held.start,
+                                        held.end,
                                         s
                                     );
                                 }
                             }
-                            self.held.remove(&buffer.address());
+                            self.held.retain(|h| !(h.start < end && start < h.end));
                         }
                         self.live.push(Live {
                             buffer,
@@ -116,8 +178,13 @@ impl Harness {
                         .filter(|&&s| self.submitted[s] > self.finished[s])
                         .map(|&s| (s, self.submitted[s]))
                         .collect();
-                    if !waits_for.is_empty() && !live.buffer.is_empty() {
-                        self.held.insert(live.buffer.address(), Held { waits_for });
+                    if !live.used_on.is_empty() && !live.buffer.is_empty() {
+                        let start = live.buffer.address();
+                        self.held.push(Held {
+                            start,
+                            end: start + live.buffer.reserved_len(),
+                            waits_for,
+                        });
                     }
                 }
             }
@@ -144,23 +211,71 @@ impl Harness {
                 let released = self.allocator.trim();
                 let after = self.allocator.stats();
                 prop_assert_eq!(before.reserved_bytes - after.reserved_bytes, released);
-                prop_assert_eq!(after.cached_bytes, 0);
+                // Trim polled every pending block: what is still held waits on unfinished work.
+                let finished = self.finished.clone();
+                self.held
+                    .retain(|h| h.waits_for.iter().any(|&(s, ticket)| finished[s] < ticket));
+                // Every native allocation left has something live or pending, and what
+                // is cached is exactly the idle rest of those.
+                let mut unreleasable = 0;
+                for (base, size) in self.natives() {
+                    let busy = self.busy_bytes(base, size, true);
+                    prop_assert!(busy > 0, "trim left the idle native allocation {:#x}", base);
+                    unreleasable += size - busy;
+                }
+                prop_assert_eq!(after.cached_bytes, unreleasable);
             }
             Op::CacheLimit(limit) => {
                 self.allocator.set_cache_limit(limit);
                 if let Some(limit) = limit {
                     let s = self.allocator.stats();
+                    // Idle pieces of native allocations that hold a live or possibly
+                    // pending block cannot be released; at most this many bytes are such.
+                    let unreleasable: u64 = self
+                        .natives()
+                        .into_iter()
+                        .filter(|&(base, size)| self.busy_bytes(base, size, true) > 0)
+                        .map(|(base, size)| size - self.busy_bytes(base, size, false))
+                        .sum();
                     prop_assert!(
-                        s.cached_bytes <= limit,
-                        "cached {} > limit {}: {:?}",
+                        s.cached_bytes <= limit + unreleasable,
+                        "cached {} > limit {} + unreleasable {}: {:?}",
                         s.cached_bytes,
                         limit,
+                        unreleasable,
                         s
                     );
                 }
             }
         }
         self.check_invariants()
+    }
+
+    fn natives(&self) -> Vec<(u64, u64)> {
+        let natives = self.allocator.native().natives.lock();
+        natives.iter().map(|(&base, &size)| (base, size)).collect()
+    }
+
+    /// Bytes of the native allocation at `base` that live buffers (and, with `held`,
+    /// blocks possibly still pending) cover.
+    fn busy_bytes(&self, base: u64, size: u64, held: bool) -> u64 {
+        let inside = |start: u64| start >= base && start < base + size;
+        let live: u64 = self
+            .live
+            .iter()
+            .filter(|l| !l.buffer.is_empty() && inside(l.buffer.address()))
+            .map(|l| l.buffer.reserved_len())
+            .sum();
+        let pending: u64 = if held {
+            self.held
+                .iter()
+                .filter(|h| inside(h.start))
+                .map(|h| h.end - h.start)
+                .sum()
+        } else {
+            0
+        };
+        live + pending
     }
 
     fn check_invariants(&self) -> Result<(), TestCaseError> {
@@ -171,7 +286,36 @@ impl Harness {
             stats.live_count,
             self.live.iter().filter(|l| !l.buffer.is_empty()).count() as u64
         );
-        prop_assert_eq!(stats.reserved_bytes, self.allocator.native().in_use());
+        prop_assert_eq!(stats.reserved_bytes, self.allocator.native().inner.in_use());
+        let natives = self.natives();
+        prop_assert_eq!(stats.reserved_bytes, natives.iter().map(|n| n.1).sum::<u64>());
+        prop_assert_eq!(stats.reserved_count, natives.len() as u64);
+        prop_assert!(
+            self.allocator.native().bad_frees.lock().is_empty(),
+            "a native free got a piece: {:x?}",
+            self.allocator.native().bad_frees.lock()
+        );
+        for live in self.live.iter().filter(|l| !l.buffer.is_empty()) {
+            let (address, end) = (
+                live.buffer.address(),
+                live.buffer.address() + live.buffer.reserved_len(),
+            );
+            let native = natives
+                .iter()
+                .find(|&&(base, size)| address >= base && address < base + size);
+            let Some(&(base, size)) = native else {
+                return Err(TestCaseError::fail(format!(
+                    "buffer {address:#x} lies in no native allocation"
+                )));
+            };
+            prop_assert!(
+                end <= base + size,
+                "buffer {:#x}..{:#x} runs past its native allocation",
+                address,
+                end
+            );
+            prop_assert_eq!(live.buffer.region().native_offset, address - base);
+        }
         let live_reserved: u64 = self.live.iter().map(|l| l.buffer.reserved_len()).sum();
         prop_assert!(
             stats.reserved_bytes >= live_reserved + stats.cached_bytes,
@@ -219,7 +363,9 @@ proptest! {
         let stats = harness.allocator.stats();
         prop_assert_eq!(stats.live_bytes, 0);
         prop_assert_eq!(stats.reserved_bytes, 0);
-        prop_assert_eq!(harness.allocator.native().in_use(), 0);
+        prop_assert_eq!(harness.allocator.native().inner.in_use(), 0);
+        prop_assert_eq!(stats.cached_bytes, 0);
+        prop_assert!(harness.natives().is_empty());
         prop_assert_eq!(stats.native_allocations, stats.native_frees);
     }
 }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use super::buffer::{Buffer, Owner};
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
+use super::split::segment_size;
 use super::stream_cache::{Shard, ShardCounters, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
 use crate::stats::MemoryStats;
@@ -20,7 +21,9 @@ use crate::types::{DeviceId, MemoryKind, StreamId};
 pub struct PoolConfig {
     /// Refuse requests that would take reserved memory past this many bytes.
     pub memory_limit: Option<u64>,
-    /// Release idle cached blocks beyond this many bytes.
+    /// Release idle cached blocks beyond this many bytes. Only wholly idle native
+    /// allocations can be released, so idle pieces of a native allocation that still has
+    /// a buffer live (or waiting on another stream) do not count against it.
     pub cache_limit: Option<u64>,
     /// Before asking the native API for more memory, release idle blocks until reserved
     /// memory would stay within `(1 + reserve_slack)` × the highest live memory seen (both
@@ -148,6 +151,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
             id,
             state: ShardLock::new(ShardState {
                 free: Default::default(),
+                split: Default::default(),
                 orphaned: false,
                 pending: Vec::new(),
                 counters: ShardCounters::default(),
@@ -212,7 +216,12 @@ impl<N: NativeMemory> CachingAllocator<N> {
             // Recount idle bytes with every shard locked, so the running sum starts exact.
             let shards: Vec<_> = global.shards.iter().filter_map(Weak::upgrade).collect();
             let locks: Vec<_> = shards.iter().map(|s| s.state.lock()).collect();
-            let idle: u64 = locks.iter().map(|s| s.counters.cached_bytes).sum();
+            // Idle pieces of partly used native allocations cannot be released, so the
+            // limit counts only whole idle blocks.
+            let idle: u64 = locks
+                .iter()
+                .map(|s| s.counters.cached_bytes - s.counters.split_idle_bytes)
+                .sum();
             self.shared.idle_bytes.store(idle as i64, Ordering::Relaxed);
             self.shared
                 .cache_limit
@@ -268,12 +277,11 @@ impl<N: NativeMemory> PoolShared<N> {
         }
         let shard = stream.base();
         let rounded = rounded_size(len);
-        let block = match shard.take_cached(rounded, kind, len) {
-            Some(block) => block,
+        let (block, piece) = match shard.take_cached(rounded, kind, len) {
+            Some(found) => found,
             None => {
-                let block = this.allocate_native(shard, rounded, kind, len)?;
-                shard.note_miss(rounded, len);
-                block
+                let native = this.allocate_native(shard, rounded, kind, len)?;
+                shard.note_miss(native, rounded, len)
             }
         };
         if N::CHECKS_LIFETIMES {
@@ -287,6 +295,7 @@ impl<N: NativeMemory> PoolShared<N> {
         Ok(Buffer {
             owner: Owner::Stream(shard.clone()),
             block,
+            piece,
             len,
             uses: Mutex::new(Vec::new()),
             trace_id,
@@ -294,10 +303,21 @@ impl<N: NativeMemory> PoolShared<N> {
     }
 
     /// The miss path: limit check, budget release, native call, OOM release and retry.
+    /// Small requests get a whole small segment (see [`segment_size`]) unless that would
+    /// not fit under the memory limit or the device; then exactly their class.
     fn allocate_native(&self, shard: &Arc<Shard<N>>, rounded: u64, kind: MemoryKind, len: u64) -> Result<NativeBlock> {
         let mut global = self.global.lock();
         let live_rounded = self.sample_live(&mut global);
-        if let Some(limit) = self.make_room_under_limit(&mut global, rounded) {
+        let mut size = segment_size(rounded, kind);
+        if global
+            .g
+            .config
+            .memory_limit
+            .is_some_and(|limit| global.g.reserved_bytes + size > limit)
+        {
+            size = rounded;
+        }
+        if let Some(limit) = self.make_room_under_limit(&mut global, size) {
             drop(global);
             return Err(self.out_of_memory(len, kind, Some(limit)));
         }
@@ -306,13 +326,17 @@ impl<N: NativeMemory> PoolShared<N> {
         if slack.is_finite() {
             let wanted = live_rounded + rounded;
             let budget = (global.g.peak_live_rounded.max(wanted) as f64 * (1.0 + slack)) as u64;
-            let after = global.g.reserved_bytes + rounded;
+            let after = global.g.reserved_bytes + size;
             if after > budget {
                 self.evict(&mut global, after - budget);
             }
         }
 
-        let block = match self.native.allocate(rounded, kind, Some(&shard.stream)) {
+        let mut first = self.native.allocate(size, kind, Some(&shard.stream));
+        if size > rounded && first.as_ref().is_err_and(Error::is_out_of_memory) {
+            first = self.native.allocate(rounded, kind, Some(&shard.stream));
+        }
+        let block = match first {
             Ok(block) => block,
             Err(err) if err.is_out_of_memory() => {
                 global.g.oom_retries += 1;

@@ -28,6 +28,9 @@ pub(crate) enum Owner<N: NativeMemory> {
 pub struct Buffer<N: NativeMemory> {
     pub(crate) owner: Owner<N>,
     pub(crate) block: NativeBlock,
+    /// A piece of a cut native allocation (it goes back to its segment, not to a free
+    /// list). Always false for graph pool buffers.
+    pub(crate) piece: bool,
     pub(crate) len: u64,
     pub(crate) uses: Mutex<Vec<Arc<Shard<N>>>>,
     pub(crate) trace_id: u64,
@@ -44,6 +47,7 @@ impl<N: NativeMemory> Buffer<N> {
                 native: 0,
                 native_offset: 0,
             },
+            piece: false,
             len: 0,
             uses: Mutex::new(Vec::new()),
             trace_id: 0,
@@ -135,7 +139,7 @@ impl<N: NativeMemory> Drop for Buffer<N> {
     fn drop(&mut self) {
         let uses = std::mem::take(self.uses.get_mut());
         match &self.owner {
-            Owner::Stream(shard) => shard.give_back(self.block, self.len, uses, self.trace_id),
+            Owner::Stream(shard) => shard.give_back(self.block, self.piece, self.len, uses, self.trace_id),
             Owner::Graph(pool) => pool.give_back(self.block, self.len),
             Owner::Empty(_) => {}
         }

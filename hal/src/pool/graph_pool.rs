@@ -154,6 +154,7 @@ impl<N: NativeMemory> GraphPool<N> {
         Ok(Buffer {
             owner: Owner::Graph(inner.clone()),
             block,
+            piece: false,
             len,
             uses: Mutex::new(Vec::new()),
             trace_id: 0,

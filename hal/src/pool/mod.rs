@@ -12,6 +12,7 @@ mod counting;
 mod graph_pool;
 mod native;
 pub mod size_class;
+mod split;
 mod stream_cache;
 
 pub use allocator::{CachingAllocator, PoolConfig, PoolShared};

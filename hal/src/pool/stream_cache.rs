@@ -14,6 +14,7 @@ use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::class_index;
+use super::split::{may_serve, splits, SplitBlocks, MIN_REMAINDER};
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
 /// Size classes above the requested one that an idle block may come from.
@@ -23,6 +24,10 @@ pub(crate) const NEAR_FIT_STEPS: usize = 8;
 #[derive(Default)]
 pub(crate) struct FreeLists {
     lists: Vec<Vec<CachedBlock>>,
+    /// A bit per slot, set when a block is pushed there and cleared lazily when the miss
+    /// path finds the list empty: lets the miss path find the smallest larger whole block
+    /// without walking every list, while the hit path's pop stays untouched.
+    maybe_occupied: Vec<u64>,
 }
 
 impl FreeLists {
@@ -40,8 +45,36 @@ impl FreeLists {
         let slot = Self::slot(class_index(cached.block.size), cached.block.kind);
         if slot >= self.lists.len() {
             self.lists.resize_with(slot + 1, Vec::new);
+            self.maybe_occupied.resize(slot / 64 + 1, 0);
         }
         self.lists[slot].push(cached);
+        self.maybe_occupied[slot / 64] |= 1 << (slot % 64);
+    }
+
+    /// The smallest class at or above `class` with an idle block of `kind`, and that
+    /// block's size (the miss path, looking for a block to split).
+    pub(crate) fn smallest_from(&mut self, class: usize, kind: MemoryKind) -> Option<(usize, u64)> {
+        let kinds = MemoryKind::ALL.len();
+        let mut slot = Self::slot(class, kind);
+        while slot < self.lists.len() {
+            let word = self.maybe_occupied[slot / 64] >> (slot % 64);
+            if word == 0 {
+                slot = (slot / 64 + 1) * 64;
+                continue;
+            }
+            slot += word.trailing_zeros() as usize;
+            if slot >= self.lists.len() {
+                break;
+            }
+            if slot % kinds == kind.index() {
+                match self.lists[slot].last() {
+                    Some(cached) => return Some((slot / kinds, cached.block.size)),
+                    None => self.maybe_occupied[slot / 64] &= !(1 << (slot % 64)),
+                }
+            }
+            slot += 1;
+        }
+        None
     }
 
     /// Every list, by slot; each list is ordered by return time, oldest first.
@@ -75,6 +108,8 @@ pub(crate) struct CachedBlock {
 /// A block freed while other streams may still be using it.
 pub(crate) struct PendingBlock<N: NativeMemory> {
     pub(crate) block: NativeBlock,
+    /// A piece of a cut native allocation (see [`SplitBlocks`]), not a whole one.
+    pub(crate) piece: bool,
     pub(crate) markers: Vec<N::Marker>,
 }
 
@@ -85,14 +120,21 @@ pub(crate) struct ShardCounters {
     pub(crate) live_rounded: u64,
     pub(crate) live_count: u64,
     pub(crate) peak_live_bytes: u64,
+    /// Idle bytes, whole blocks and pieces.
     pub(crate) cached_bytes: u64,
+    /// Idle blocks, whole blocks and pieces.
     pub(crate) cached_count: u64,
+    /// Of `cached_bytes`, those in idle pieces of native allocations that are partly in
+    /// use: they cannot be released, so the cache limit does not count them.
+    pub(crate) split_idle_bytes: u64,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
 }
 
 pub(crate) struct ShardState<N: NativeMemory> {
     pub(crate) free: FreeLists,
+    /// Pieces of native allocations cut to serve smaller requests.
+    pub(crate) split: SplitBlocks,
     /// Set when the stream's cache is dropped: blocks returned afterwards go straight
     /// back to the native API.
     pub(crate) orphaned: bool,
@@ -117,9 +159,15 @@ impl<N: NativeMemory> Shard<N> {
 
     /// The hit path: an idle block of this class and kind, or failing that of one of the
     /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
-    /// than reserving more memory).
+    /// than reserving more memory), or failing that a piece cut from the smallest larger
+    /// idle block. Returns the block and whether it is a piece of a cut native allocation.
     #[inline]
-    pub(crate) fn take_cached(self: &Arc<Self>, rounded: u64, kind: MemoryKind, len: u64) -> Option<NativeBlock> {
+    pub(crate) fn take_cached(
+        self: &Arc<Self>,
+        rounded: u64,
+        kind: MemoryKind,
+        len: u64,
+    ) -> Option<(NativeBlock, bool)> {
         let class = class_index(rounded);
         let mut state = self.state.lock();
         let mut found = Self::pop_fit(&mut state.free, class, kind);
@@ -127,7 +175,14 @@ impl<N: NativeMemory> Shard<N> {
             self.poll_pending(&mut state);
             found = Self::pop_fit(&mut state.free, class, kind);
         }
-        let block = found?.block;
+        let Some(found) = found else {
+            let (block, piece) = self.take_split(&mut state, class, rounded, kind)?;
+            let c = &mut state.counters;
+            c.hits += 1;
+            Self::count_live(c, len, block.size);
+            return Some((block, piece));
+        };
+        let block = found.block;
         let c = &mut state.counters;
         c.hits += 1;
         c.cached_bytes -= block.size;
@@ -135,7 +190,58 @@ impl<N: NativeMemory> Shard<N> {
         Self::count_live(c, len, block.size);
         drop(state);
         self.shared.note_idle_change(-(block.size as i64));
-        Some(block)
+        Some((block, false))
+    }
+
+    /// The split path (no idle block of the class or the few above it): the smallest
+    /// idle piece or whole block of `kind` larger than the request, cut to `rounded`
+    /// bytes when the rest is worth keeping. Adjusts the cached counters.
+    #[cold]
+    fn take_split(
+        &self,
+        state: &mut ShardState<N>,
+        class: usize,
+        rounded: u64,
+        kind: MemoryKind,
+    ) -> Option<(NativeBlock, bool)> {
+        if !splits(kind) {
+            return None;
+        }
+        // Classes up to `class + NEAR_FIT_STEPS` were just found empty.
+        let whole = state.free.smallest_from(class + NEAR_FIT_STEPS + 1, kind);
+        let piece = state.split.best_fit(kind, rounded);
+        let c = &mut state.counters;
+        let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
+        let piece = piece.filter(|&size| may_serve(size, rounded));
+        let (block, from_whole) = match (whole, piece) {
+            // Best fit: the smaller of the two candidates (a piece when they tie, so that
+            // whole blocks stay whole).
+            (Some((whole_class, whole_size)), piece) if piece.is_none_or(|p| whole_size < p) => {
+                let block = state.free.pop(whole_class, kind)?.block;
+                c.cached_bytes -= block.size;
+                c.cached_count -= 1;
+                self.shared.note_idle_change(-(block.size as i64));
+                (block, true)
+            }
+            (_, Some(_)) => {
+                let block = state.split.take_best_fit(kind, rounded)?;
+                c.cached_bytes -= block.size;
+                c.cached_count -= 1;
+                c.split_idle_bytes -= block.size;
+                (block, false)
+            }
+            (_, None) => return None,
+        };
+        if block.size < rounded + MIN_REMAINDER {
+            // Too little would be left over: hand out the block as it is.
+            return Some((block, !from_whole));
+        }
+        let handed = state.split.carve(block, from_whole, rounded);
+        let rest = block.size - rounded;
+        c.cached_bytes += rest;
+        c.cached_count += 1;
+        c.split_idle_bytes += rest;
+        Some((handed, true))
     }
 
     #[inline]
@@ -143,11 +249,25 @@ impl<N: NativeMemory> Shard<N> {
         (class..=class + NEAR_FIT_STEPS).find_map(|c| free.pop(c, kind))
     }
 
-    /// Accounts a block just obtained from the native API.
-    pub(crate) fn note_miss(&self, rounded: u64, len: u64) {
+    /// Accounts a block just obtained from the native API for a request of `rounded`
+    /// bytes, cutting it when it is larger (see [`segment_size`](super::split::segment_size)).
+    /// Returns the block to hand out and whether it is a piece.
+    pub(crate) fn note_miss(&self, native: NativeBlock, rounded: u64, len: u64) -> (NativeBlock, bool) {
         let mut state = self.state.lock();
+        let state = &mut *state;
         state.counters.misses += 1;
-        Self::count_live(&mut state.counters, len, rounded);
+        if native.size < rounded + MIN_REMAINDER {
+            Self::count_live(&mut state.counters, len, native.size);
+            return (native, false);
+        }
+        let handed = state.split.carve(native, true, rounded);
+        let rest = native.size - rounded;
+        let c = &mut state.counters;
+        c.cached_bytes += rest;
+        c.cached_count += 1;
+        c.split_idle_bytes += rest;
+        Self::count_live(c, len, rounded);
+        (handed, true)
     }
 
     fn count_live(c: &mut ShardCounters, len: u64, rounded: u64) {
@@ -159,7 +279,14 @@ impl<N: NativeMemory> Shard<N> {
 
     /// A buffer was dropped: back to the free list, or to the pending list when other
     /// streams used it.
-    pub(crate) fn give_back(self: &Arc<Self>, block: NativeBlock, len: u64, uses: Vec<Arc<Shard<N>>>, trace_id: u64) {
+    pub(crate) fn give_back(
+        self: &Arc<Self>,
+        block: NativeBlock,
+        piece: bool,
+        len: u64,
+        uses: Vec<Arc<Shard<N>>>,
+        trace_id: u64,
+    ) {
         let this = self;
         if N::CHECKS_LIFETIMES {
             this.shared.native.on_returned(&block, this.id);
@@ -175,33 +302,74 @@ impl<N: NativeMemory> Shard<N> {
         c.live_count -= 1;
         if state.orphaned {
             drop(state);
-            this.release_orphaned(block, markers);
+            this.release_orphaned(block, piece, markers);
             return;
         }
         match markers {
-            None => {
+            None if !piece => {
                 Self::push_free(&mut state, block);
                 drop(state);
                 this.shared.note_idle_change(block.size as i64);
                 this.shared.enforce_cache_limit();
             }
-            Some(markers) => state.pending.push(PendingBlock { block, markers }),
+            None => {
+                let whole = this.return_piece(&mut state, block);
+                if let Some(whole) = whole {
+                    Self::push_free(&mut state, whole);
+                    drop(state);
+                    this.shared.note_idle_change(whole.size as i64);
+                    this.shared.enforce_cache_limit();
+                }
+            }
+            Some(markers) => state.pending.push(PendingBlock { block, piece, markers }),
         }
+    }
+
+    /// Puts a piece back into its segment, merging it with idle neighbours. Returns the
+    /// whole native allocation when that made it wholly idle; it is then out of the
+    /// split structure and not counted as cached, for the caller to cache or free.
+    fn return_piece(&self, state: &mut ShardState<N>, piece: NativeBlock) -> Option<NativeBlock> {
+        let Some(returned) = state.split.give_back(piece) else {
+            // Not a piece of any segment here: cannot happen, but if it did the memory is
+            // lost to the cache rather than handed out twice.
+            self.shared.note_failed_free();
+            return None;
+        };
+        let c = &mut state.counters;
+        c.cached_bytes += piece.size;
+        c.split_idle_bytes += piece.size;
+        c.cached_count = c.cached_count + 1 - returned.merged;
+        let whole = returned.whole?;
+        c.cached_bytes -= whole.size;
+        c.split_idle_bytes -= whole.size;
+        c.cached_count -= 1;
+        Some(whole)
     }
 
     /// Frees a block returned after the stream's cache was dropped, ordered after the
     /// other streams' uses.
-    fn release_orphaned(&self, block: NativeBlock, markers: Option<Vec<N::Marker>>) {
+    /// A piece goes back into its segment, and the native allocation is freed once the
+    /// segment is wholly idle (the waits on the stream order that free after every piece's
+    /// uses).
+    fn release_orphaned(&self, block: NativeBlock, piece: bool, markers: Option<Vec<N::Marker>>) {
         let ordered = markers.is_none_or(|markers| {
             !markers.is_empty()
                 && markers
                     .iter()
                     .all(|m| self.shared.native.wait_marker(&self.stream, m).is_ok())
         });
-        if ordered {
-            self.shared.release_blocks(&[block], Some(&self.stream));
-        } else {
+        if !ordered {
             self.shared.note_failed_free();
+            return;
+        }
+        let whole = if piece {
+            let mut state = self.state.lock();
+            self.return_piece(&mut state, block)
+        } else {
+            Some(block)
+        };
+        if let Some(whole) = whole {
+            self.shared.release_blocks(&[whole], Some(&self.stream));
         }
     }
 
@@ -248,8 +416,15 @@ impl<N: NativeMemory> Shard<N> {
                     .all(|m| native.is_marker_complete(m).unwrap_or(false));
             if done {
                 let pending = state.pending.swap_remove(index);
-                released += pending.block.size as i64;
-                Self::push_free(state, pending.block);
+                let whole = if pending.piece {
+                    self.return_piece(state, pending.block)
+                } else {
+                    Some(pending.block)
+                };
+                if let Some(whole) = whole {
+                    released += whole.size as i64;
+                    Self::push_free(state, whole);
+                }
             } else {
                 index += 1;
             }
@@ -268,14 +443,16 @@ impl<N: NativeMemory> Shard<N> {
         let cached: Vec<CachedBlock> = state.free.drain_all().collect();
         let pending: Vec<PendingBlock<N>> = state.pending.drain(..).collect();
         let idle: u64 = cached.iter().map(|c| c.block.size).sum();
-        state.counters.cached_bytes = 0;
-        state.counters.cached_count = 0;
+        // Idle pieces stay: their native allocations are freed when the last live piece
+        // of each comes back.
+        state.counters.cached_bytes -= idle;
+        state.counters.cached_count -= cached.len() as u64;
         drop(state);
         let blocks: Vec<NativeBlock> = cached.iter().map(|c| c.block).collect();
         self.shared.note_idle_change(-(idle as i64));
         self.shared.release_blocks(&blocks, Some(&self.stream));
         for p in pending {
-            self.release_orphaned(p.block, Some(p.markers));
+            self.release_orphaned(p.block, p.piece, Some(p.markers));
         }
     }
 }
