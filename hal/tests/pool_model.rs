@@ -74,7 +74,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (prop_oneof![0u64..2048, 1u64..(8 << 20)], 0usize..3, 0..STREAMS)
+        6 => (prop_oneof![0u64..2048, 1u64..(64 << 10), 1u64..(8 << 20)], 0usize..3, 0..STREAMS)
             .prop_map(|(size, kind, stream)| Op::Alloc { size, kind, stream }),
         4 => any::<usize>().prop_map(|index| Op::Free { index }),
         2 => (any::<usize>(), 0..STREAMS).prop_map(|(index, stream)| Op::RecordUse { index, stream }),

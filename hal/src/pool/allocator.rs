@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use super::buffer::{Buffer, Owner};
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
-use super::split::segment_size;
+use super::split::WHOLE;
 use super::stream_cache::{Shard, ShardCounters, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
 use crate::stats::MemoryStats;
@@ -280,8 +280,9 @@ impl<N: NativeMemory> PoolShared<N> {
         let (block, piece) = match shard.take_cached(rounded, kind, len) {
             Some(found) => found,
             None => {
-                let native = this.allocate_native(shard, rounded, kind, len)?;
-                shard.note_miss(native, rounded, len)
+                let block = this.allocate_native(shard, rounded, kind, len)?;
+                shard.note_miss(rounded, len);
+                (block, WHOLE)
             }
         };
         if N::CHECKS_LIFETIMES {
@@ -303,21 +304,10 @@ impl<N: NativeMemory> PoolShared<N> {
     }
 
     /// The miss path: limit check, budget release, native call, OOM release and retry.
-    /// Small requests get a whole small segment (see [`segment_size`]) unless that would
-    /// not fit under the memory limit or the device; then exactly their class.
     fn allocate_native(&self, shard: &Arc<Shard<N>>, rounded: u64, kind: MemoryKind, len: u64) -> Result<NativeBlock> {
         let mut global = self.global.lock();
         let live_rounded = self.sample_live(&mut global);
-        let mut size = segment_size(rounded, kind);
-        if global
-            .g
-            .config
-            .memory_limit
-            .is_some_and(|limit| global.g.reserved_bytes + size > limit)
-        {
-            size = rounded;
-        }
-        if let Some(limit) = self.make_room_under_limit(&mut global, size) {
+        if let Some(limit) = self.make_room_under_limit(&mut global, rounded) {
             drop(global);
             return Err(self.out_of_memory(len, kind, Some(limit)));
         }
@@ -326,17 +316,13 @@ impl<N: NativeMemory> PoolShared<N> {
         if slack.is_finite() {
             let wanted = live_rounded + rounded;
             let budget = (global.g.peak_live_rounded.max(wanted) as f64 * (1.0 + slack)) as u64;
-            let after = global.g.reserved_bytes + size;
+            let after = global.g.reserved_bytes + rounded;
             if after > budget {
                 self.evict(&mut global, after - budget);
             }
         }
 
-        let mut first = self.native.allocate(size, kind, Some(&shard.stream));
-        if size > rounded && first.as_ref().is_err_and(Error::is_out_of_memory) {
-            first = self.native.allocate(rounded, kind, Some(&shard.stream));
-        }
-        let block = match first {
+        let block = match self.native.allocate(rounded, kind, Some(&shard.stream)) {
             Ok(block) => block,
             Err(err) if err.is_out_of_memory() => {
                 global.g.oom_retries += 1;

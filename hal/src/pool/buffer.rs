@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 
 use super::graph_pool::GraphPoolInner;
 use super::native::{NativeBlock, NativeMemory};
+use super::split::{PieceId, WHOLE};
 use super::stream_cache::{Shard, StreamCache};
 use crate::types::{AsRegion, DeviceId, MemoryKind, Region};
 
@@ -28,9 +29,9 @@ pub(crate) enum Owner<N: NativeMemory> {
 pub struct Buffer<N: NativeMemory> {
     pub(crate) owner: Owner<N>,
     pub(crate) block: NativeBlock,
-    /// A piece of a cut native allocation (it goes back to its segment, not to a free
-    /// list). Always false for graph pool buffers.
-    pub(crate) piece: bool,
+    /// Its piece id when it is a piece of a cut native allocation (it goes back to its
+    /// segment, not to a free list); `WHOLE` otherwise, and for graph pool buffers.
+    pub(crate) piece: PieceId,
     pub(crate) len: u64,
     pub(crate) uses: Mutex<Vec<Arc<Shard<N>>>>,
     pub(crate) trace_id: u64,
@@ -47,7 +48,7 @@ impl<N: NativeMemory> Buffer<N> {
                 native: 0,
                 native_offset: 0,
             },
-            piece: false,
+            piece: WHOLE,
             len: 0,
             uses: Mutex::new(Vec::new()),
             trace_id: 0,

@@ -154,7 +154,7 @@ impl<N: NativeMemory> GraphPool<N> {
         Ok(Buffer {
             owner: Owner::Graph(inner.clone()),
             block,
-            piece: false,
+            piece: super::split::WHOLE,
             len,
             uses: Mutex::new(Vec::new()),
             trace_id: 0,

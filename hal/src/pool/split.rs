@@ -14,45 +14,37 @@
 //! Merging on return rather than lazily on the miss path keeps every idle piece maximal,
 //! so best fit sees the largest free ranges there are and a segment is known to be whole
 //! the moment its last piece comes back (nothing has to scan for releasable segments).
-
-use std::collections::{BTreeMap, BTreeSet};
+//!
+//! Every operation is O(1) apart from a bitmap scan: pieces live in a slab and know their
+//! neighbours (a list in address order per segment) and their segment, a buffer carries
+//! its piece's id, and idle pieces sit in per-size-class buckets. A bucket holds sizes of
+//! one class, all at least the class's rounded size, so the first non-empty bucket at or
+//! above a request's class fits it (best fit to the class).
 
 use super::native::NativeBlock;
-use super::size_class::{rounded_size, MIN_BLOCK};
+use super::size_class::{class_index, MIN_BLOCK};
 use crate::types::MemoryKind;
+
+/// A piece's id in its shard's [`SplitBlocks`]; [`WHOLE`] for a block that is not a piece.
+pub(crate) type PieceId = u32;
+/// The id of a block that is no piece (a whole native allocation, or a graph pool range).
+pub(crate) const WHOLE: PieceId = u32::MAX;
+const NONE: u32 = u32::MAX;
 
 /// Smallest remainder worth keeping as an idle piece. A smaller one stays with the block
 /// handed out (at most 511 bytes more than the request's class), since no request could
 /// use it.
 pub(crate) const MIN_REMAINDER: u64 = MIN_BLOCK;
 
-/// Requests up to this size get a native allocation of [`SMALL_SEGMENT`] bytes, so that
-/// later small requests split it instead of calling the native API.
+/// Requests up to this size are small: they take only blocks of at most
+/// [`SMALL_BLOCK_LIMIT`] bytes.
 pub(crate) const SMALL_REQUEST: u64 = 1 << 20;
-/// Native allocation size for small requests.
-pub(crate) const SMALL_SEGMENT: u64 = 2 << 20;
-
-/// How large a native allocation to make for a request of `rounded` bytes: small
-/// requests share 2 MiB segments (as PyTorch's allocator does), larger ones get exactly
-/// their class, which keeps reserved memory close to live memory for the large tensors
-/// that dominate a training step. (PyTorch's 20 MiB segments for 1–10 MiB requests were
-/// left out: large requests split only blocks at most 4/3 their size, see [`may_serve`],
-/// so a 20 MiB segment would mostly sit idle.)
-///
-/// Managed memory is never cut (see [`splits`]), so it always gets exactly its class.
-#[inline]
-pub(crate) fn segment_size(rounded: u64, kind: MemoryKind) -> u64 {
-    if rounded <= SMALL_REQUEST && splits(kind) {
-        rounded_size(SMALL_SEGMENT)
-    } else {
-        rounded
-    }
-}
+/// Largest block a small request may be cut from.
+pub(crate) const SMALL_BLOCK_LIMIT: u64 = 2 << 20;
 
 /// Whether blocks of `kind` are cut at all. Managed memory is not: its advice and
 /// prefetch state belong to a native allocation (a backend may keep them per allocation,
-/// as the mock does, and size-based prefetch policies look at the allocation's size), so
-/// a piece would share them with unrelated neighbours.
+/// as the mock does), so a piece would share them with unrelated neighbours.
 #[inline]
 pub(crate) fn splits(kind: MemoryKind) -> bool {
     kind != MemoryKind::Managed
@@ -61,20 +53,20 @@ pub(crate) fn splits(kind: MemoryKind) -> bool {
 /// Whether a request of `rounded` bytes may be served from an idle block (whole or
 /// piece) of `block` bytes.
 ///
-/// Small requests take only blocks of small-segment size or less, so they never fragment
+/// Small requests take only blocks of at most 2 MiB, so they never fragment
 /// the large blocks that large requests need (PyTorch keeps separate small and large
-/// pools for the same reason). A large request takes a block at most 4/3 its size: the
-/// remainder is then under a third of the request, and cutting larger blocks for large
-/// requests leaves big idle remainders pinned inside native allocations that cannot be
-/// released while any piece is live. Measured on the GPT-2 training trace, a 4/3 bound
-/// keeps reserved ÷ peak live where exact classes had it (1.0114), 3/2 gives 1.022 and
-/// no bound 1.09.
+/// pools for the same reason). A large request takes a block at most 1.3 times its
+/// size: cutting much larger blocks for large requests leaves big idle remainders pinned
+/// inside native allocations that cannot be released while any piece is live. On the
+/// GPT-2 training trace, 1.3 keeps reserved ÷ peak live where exact classes had it
+/// (1.0115, with 45% fewer native allocations); 4/3 gives 1.0199 (its tensors are often
+/// 3 and 4 MiB) and no bound about 1.09.
 #[inline]
 pub(crate) fn may_serve(block: u64, rounded: u64) -> bool {
     if rounded <= SMALL_REQUEST {
-        block <= SMALL_SEGMENT
+        block <= SMALL_BLOCK_LIMIT
     } else {
-        block.saturating_mul(3) <= rounded.saturating_mul(4)
+        block.saturating_mul(10) <= rounded.saturating_mul(13)
     }
 }
 
@@ -86,19 +78,29 @@ struct Segment {
     idle: u64,
 }
 
-/// Key of a piece or segment: memory kind, then address (kinds may share addresses on
-/// some backends, so the kind comes first).
-type Key = (usize, u64);
+/// A piece of a segment, idle or handed out.
+struct Piece {
+    block: NativeBlock,
+    /// Its segment; `NONE` for a free slot.
+    segment: u32,
+    /// Neighbours in address order inside the segment.
+    prev: u32,
+    next: u32,
+    /// Position in its bucket while idle; `NONE` while handed out (or pending).
+    idle_at: u32,
+}
 
 /// The pieces of one shard's cut native allocations.
 #[derive(Default)]
 pub(crate) struct SplitBlocks {
-    /// Idle pieces by (kind, size, address), for best fit.
-    by_size: BTreeSet<(usize, u64, u64)>,
-    /// Idle pieces by (kind, address) → size, for finding neighbours.
-    by_address: BTreeMap<Key, u64>,
-    /// Cut native allocations by (kind, base address).
-    segments: BTreeMap<Key, Segment>,
+    pieces: Vec<Piece>,
+    free_pieces: Vec<u32>,
+    segments: Vec<Segment>,
+    free_segments: Vec<u32>,
+    /// Idle piece ids by `class_index(size) * 3 + kind`.
+    buckets: Vec<Vec<u32>>,
+    /// A bit per bucket, set while it may be non-empty (cleared lazily by the search).
+    occupied: Vec<u64>,
 }
 
 /// What returning a piece did.
@@ -111,118 +113,231 @@ pub(crate) struct Returned {
 }
 
 impl SplitBlocks {
-    /// Size of the smallest idle piece of `kind` with at least `size` bytes.
-    pub(crate) fn best_fit(&self, kind: MemoryKind, size: u64) -> Option<u64> {
-        let k = kind.index();
-        self.by_size
-            .range((k, size, 0)..(k + 1, 0, 0))
-            .next()
-            .map(|&(_, size, _)| size)
+    fn bucket_of(size: u64, kind: MemoryKind) -> usize {
+        class_index(size) * MemoryKind::ALL.len() + kind.index()
     }
 
-    /// Takes the smallest idle piece of `kind` with at least `size` bytes out of the idle
-    /// set (its bytes stay in its segment, now busy).
-    pub(crate) fn take_best_fit(&mut self, kind: MemoryKind, size: u64) -> Option<NativeBlock> {
-        let k = kind.index();
-        let &(_, piece_size, address) = self.by_size.range((k, size, 0)..(k + 1, 0, 0)).next()?;
-        self.by_size.remove(&(k, piece_size, address));
-        self.by_address.remove(&(k, address));
-        let segment = self.segment_mut(kind, address)?;
-        segment.idle -= piece_size;
-        Some(Self::piece_of(&segment.whole, address, piece_size))
+    /// The first non-empty bucket of `kind` at or above `class`.
+    fn first_bucket(&mut self, class: usize, kind: MemoryKind) -> Option<usize> {
+        let kinds = MemoryKind::ALL.len();
+        let mut slot = class * kinds + kind.index();
+        while slot < self.buckets.len() {
+            let word = self.occupied[slot / 64] >> (slot % 64);
+            if word == 0 {
+                slot = (slot / 64 + 1) * 64;
+                continue;
+            }
+            slot += word.trailing_zeros() as usize;
+            if slot >= self.buckets.len() {
+                break;
+            }
+            if slot % kinds == kind.index() {
+                if !self.buckets[slot].is_empty() {
+                    return Some(slot);
+                }
+                self.occupied[slot / 64] &= !(1 << (slot % 64));
+            }
+            slot += 1;
+        }
+        None
+    }
+
+    /// Size of an idle piece of `kind` with at least `rounded` bytes (a rounded size)
+    /// from the smallest class that has one.
+    pub(crate) fn best_fit(&mut self, kind: MemoryKind, rounded: u64) -> Option<u64> {
+        let bucket = self.first_bucket(class_index(rounded), kind)?;
+        let &id = self.buckets[bucket].last()?;
+        Some(self.pieces[id as usize].block.size)
+    }
+
+    /// Takes the piece [`best_fit`](Self::best_fit) finds out of the idle set (its bytes
+    /// stay in its segment, now busy).
+    pub(crate) fn take_best_fit(&mut self, kind: MemoryKind, rounded: u64) -> Option<(PieceId, NativeBlock)> {
+        let bucket = self.first_bucket(class_index(rounded), kind)?;
+        let id = self.buckets[bucket].pop()?;
+        let piece = &mut self.pieces[id as usize];
+        piece.idle_at = NONE;
+        let block = piece.block;
+        self.segments[piece.segment as usize].idle -= block.size;
+        Some((id, block))
     }
 
     /// Cuts `size` bytes off the front of `block` and hands them out; the rest stays idle
-    /// as a piece. `block` is either a whole native allocation (which becomes a segment)
-    /// or a piece just taken with [`take_best_fit`](Self::take_best_fit). The caller
-    /// checks that the remainder is at least [`MIN_REMAINDER`].
-    pub(crate) fn carve(&mut self, block: NativeBlock, whole: bool, size: u64) -> NativeBlock {
+    /// as a piece. `block` is either a whole native allocation (`id` is [`WHOLE`]; it
+    /// becomes a segment) or the piece `id` just taken with
+    /// [`take_best_fit`](Self::take_best_fit). The caller checks that the remainder is at
+    /// least [`MIN_REMAINDER`]. Returns the id of the piece handed out.
+    pub(crate) fn carve(&mut self, block: NativeBlock, id: PieceId, size: u64) -> (PieceId, NativeBlock) {
         debug_assert!(block.size >= size + MIN_REMAINDER);
-        let k = block.kind.index();
-        if whole {
-            self.segments
-                .insert((k, block.address), Segment { whole: block, idle: 0 });
+        let id = if id == WHOLE {
+            let segment = Segment { whole: block, idle: 0 };
+            let segment = match self.free_segments.pop() {
+                Some(index) => {
+                    self.segments[index as usize] = segment;
+                    index
+                }
+                None => {
+                    self.segments.push(segment);
+                    (self.segments.len() - 1) as u32
+                }
+            };
+            self.new_piece(Piece {
+                block,
+                segment,
+                prev: NONE,
+                next: NONE,
+                idle_at: NONE,
+            })
+        } else {
+            id
+        };
+        let handed = NativeBlock { size, ..block };
+        let rest = NativeBlock {
+            address: block.address + size,
+            size: block.size - size,
+            native_offset: block.native_offset + size,
+            ..block
+        };
+        let (segment, next) = {
+            let piece = &mut self.pieces[id as usize];
+            piece.block = handed;
+            (piece.segment, piece.next)
+        };
+        let rest_id = self.new_piece(Piece {
+            block: rest,
+            segment,
+            prev: id,
+            next,
+            idle_at: NONE,
+        });
+        self.pieces[id as usize].next = rest_id;
+        if next != NONE {
+            self.pieces[next as usize].prev = rest_id;
         }
-        let rest = block.size - size;
-        let rest_address = block.address + size;
-        self.by_size.insert((k, rest, rest_address));
-        self.by_address.insert((k, rest_address), rest);
-        if let Some(segment) = self.segment_mut(block.kind, block.address) {
-            segment.idle += rest;
-        }
-        NativeBlock { size, ..block }
+        self.segments[segment as usize].idle += rest.size;
+        self.make_idle(rest_id);
+        (id, handed)
     }
 
-    /// Puts a piece back, merging it with idle neighbours of its segment. `None` when the
-    /// piece belongs to no segment here (a bug elsewhere; the caller counts it as lost).
-    pub(crate) fn give_back(&mut self, piece: NativeBlock) -> Option<Returned> {
-        let k = piece.kind.index();
-        let segment = self.segment_mut(piece.kind, piece.address)?;
-        let (base, end) = (segment.whole.address, segment.whole.address + segment.whole.size);
-        segment.idle += piece.size;
+    /// Puts piece `id` back, merging it with idle neighbours of its segment. `None` when
+    /// `id` is no handed-out piece here (a bug elsewhere; the caller counts it as lost).
+    pub(crate) fn give_back(&mut self, id: PieceId) -> Option<Returned> {
+        let piece = self
+            .pieces
+            .get(id as usize)
+            .filter(|p| p.idle_at == NONE && p.segment != NONE)?;
+        let segment_index = piece.segment as usize;
+        let segment = self.segments.get_mut(segment_index)?;
+        segment.idle += piece.block.size;
         if segment.idle == segment.whole.size {
             // Every other piece of it is idle: drop them all and hand back the whole.
             let whole = segment.whole;
-            let idle: Vec<(Key, u64)> = self
-                .by_address
-                .range((k, base)..(k, end))
-                .map(|(&key, &size)| (key, size))
-                .collect();
-            for ((_, address), size) in &idle {
-                self.by_address.remove(&(k, *address));
-                self.by_size.remove(&(k, *size, *address));
+            let mut merged = 0;
+            let mut first = id;
+            while self.pieces[first as usize].prev != NONE {
+                first = self.pieces[first as usize].prev;
             }
-            self.segments.remove(&(k, base));
+            let mut at = first;
+            while at != NONE {
+                let next = self.pieces[at as usize].next;
+                if at != id {
+                    self.make_busy(at);
+                    merged += 1;
+                }
+                self.release_slot(at);
+                at = next;
+            }
+            self.free_segments.push(segment_index as u32);
             return Some(Returned {
-                merged: idle.len() as u64,
+                merged,
                 whole: Some(whole),
             });
         }
-        let mut address = piece.address;
-        let mut size = piece.size;
         let mut merged = 0;
-        let after = address + size;
-        if after < end {
-            if let Some(next) = self.by_address.remove(&(k, after)) {
-                self.by_size.remove(&(k, next, after));
-                size += next;
-                merged += 1;
-            }
+        let next = self.pieces[id as usize].next;
+        if next != NONE && self.pieces[next as usize].idle_at != NONE {
+            self.make_busy(next);
+            self.absorb_next(id);
+            merged += 1;
         }
-        if address > base {
-            if let Some((&(_, prev), &prev_size)) = self.by_address.range((k, base)..(k, address)).next_back() {
-                if prev + prev_size == address {
-                    self.by_address.remove(&(k, prev));
-                    self.by_size.remove(&(k, prev_size, prev));
-                    address = prev;
-                    size += prev_size;
-                    merged += 1;
-                }
-            }
-        }
-        self.by_address.insert((k, address), size);
-        self.by_size.insert((k, size, address));
+        let prev = self.pieces[id as usize].prev;
+        let kept = if prev != NONE && self.pieces[prev as usize].idle_at != NONE {
+            self.make_busy(prev);
+            self.absorb_next(prev);
+            merged += 1;
+            prev
+        } else {
+            id
+        };
+        self.make_idle(kept);
         Some(Returned { merged, whole: None })
     }
 
-    /// The segment holding `address`.
-    fn segment_mut(&mut self, kind: MemoryKind, address: u64) -> Option<&mut Segment> {
-        let k = kind.index();
-        self.segments
-            .range_mut((k, 0)..=(k, address))
-            .next_back()
-            .map(|(_, segment)| segment)
-            .filter(|segment| address < segment.whole.address + segment.whole.size)
+    /// Merges the piece after `id` into `id`; neither is in a bucket.
+    fn absorb_next(&mut self, id: PieceId) {
+        let next = self.pieces[id as usize].next;
+        let (next_size, after) = {
+            let n = &self.pieces[next as usize];
+            (n.block.size, n.next)
+        };
+        let piece = &mut self.pieces[id as usize];
+        piece.block.size += next_size;
+        piece.next = after;
+        if after != NONE {
+            self.pieces[after as usize].prev = id;
+        }
+        self.release_slot(next);
     }
 
-    fn piece_of(whole: &NativeBlock, address: u64, size: u64) -> NativeBlock {
-        NativeBlock {
-            address,
-            size,
-            kind: whole.kind,
-            native: whole.native,
-            native_offset: whole.native_offset + (address - whole.address),
+    /// Frees a slot; marked so that a stale id is refused rather than misread.
+    fn release_slot(&mut self, id: PieceId) {
+        self.pieces[id as usize].segment = NONE;
+        self.free_pieces.push(id);
+    }
+
+    fn new_piece(&mut self, piece: Piece) -> PieceId {
+        match self.free_pieces.pop() {
+            Some(id) => {
+                self.pieces[id as usize] = piece;
+                id
+            }
+            None => {
+                self.pieces.push(piece);
+                (self.pieces.len() - 1) as u32
+            }
         }
+    }
+
+    /// Puts piece `id` in the bucket of its size.
+    fn make_idle(&mut self, id: PieceId) {
+        let block = self.pieces[id as usize].block;
+        let bucket = Self::bucket_of(block.size, block.kind);
+        if bucket >= self.buckets.len() {
+            self.buckets.resize_with(bucket + 1, Vec::new);
+            self.occupied.resize(bucket / 64 + 1, 0);
+        }
+        self.pieces[id as usize].idle_at = self.buckets[bucket].len() as u32;
+        self.buckets[bucket].push(id);
+        self.occupied[bucket / 64] |= 1 << (bucket % 64);
+    }
+
+    /// Takes idle piece `id` out of its bucket.
+    fn make_busy(&mut self, id: PieceId) {
+        let piece = &mut self.pieces[id as usize];
+        let at = piece.idle_at as usize;
+        piece.idle_at = NONE;
+        let bucket = Self::bucket_of(piece.block.size, piece.block.kind);
+        let list = &mut self.buckets[bucket];
+        list.swap_remove(at);
+        if let Some(&moved) = list.get(at) {
+            self.pieces[moved as usize].idle_at = at as u32;
+        }
+    }
+
+    /// Idle pieces (for tests).
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
     }
 }
 
@@ -243,18 +358,18 @@ mod tests {
     #[test]
     fn carve_hands_out_the_front_and_keeps_the_rest_idle() {
         let mut split = SplitBlocks::default();
-        let piece = split.carve(native(1 << 20, 8192), true, 1024);
+        let (_, piece) = split.carve(native(1 << 20, 8192), WHOLE, 1024);
         assert_eq!(
             (piece.address, piece.size, piece.native, piece.native_offset),
             (1 << 20, 1024, 7, 64)
         );
         assert_eq!(split.best_fit(MemoryKind::Device, 512), Some(7168));
-        assert_eq!(split.best_fit(MemoryKind::Device, 8192), None);
+        assert_eq!(split.best_fit(MemoryKind::Device, 7680), None);
         assert_eq!(split.best_fit(MemoryKind::Managed, 512), None);
-        let second = split.take_best_fit(MemoryKind::Device, 2048).unwrap();
+        let (id, second) = split.take_best_fit(MemoryKind::Device, 2048).unwrap();
         assert_eq!((second.address, second.size), ((1 << 20) + 1024, 7168));
         assert_eq!(second.native_offset, 64 + 1024, "offset inside the native allocation");
-        let third = split.carve(second, false, 2048);
+        let (_, third) = split.carve(second, id, 2048);
         assert_eq!((third.address, third.native_offset), ((1 << 20) + 1024, 64 + 1024));
         assert_eq!(split.best_fit(MemoryKind::Device, 512), Some(5120));
     }
@@ -262,50 +377,54 @@ mod tests {
     #[test]
     fn returned_pieces_merge_with_idle_neighbours() {
         let mut split = SplitBlocks::default();
-        let a = split.carve(native(0x10000, 4096), true, 1024);
-        let rest = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
-        let b = split.carve(rest, false, 1024);
-        let rest = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
-        let c = split.carve(rest, false, 1024);
+        let (_a, _) = split.carve(native(0x10000, 4096), WHOLE, 1024);
+        let (id, rest) = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
+        let (b, _) = split.carve(rest, id, 1024);
+        let (id, rest) = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
+        let (c, _) = split.carve(rest, id, 1024);
         // a b c [idle 1024]
         let back = split.give_back(b).unwrap();
         assert_eq!((back.merged, back.whole), (0, None));
         let back = split.give_back(c).unwrap();
         assert_eq!(back.merged, 2, "c merges with b before it and the idle tail after it");
         assert_eq!(split.best_fit(MemoryKind::Device, 3072), Some(3072));
-        assert_eq!(split.by_address.len(), 1);
+        assert_eq!(split.idle_count(), 1);
+        assert!(split.give_back(c).is_none(), "c is idle (merged) already");
     }
 
     #[test]
     fn a_segment_comes_back_whole_only_when_every_piece_is_idle() {
         let mut split = SplitBlocks::default();
         let whole = native(0x40000, 4096);
-        let a = split.carve(whole, true, 1024);
-        let rest = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
-        let b = split.carve(rest, false, 2048);
+        let (a, _) = split.carve(whole, WHOLE, 1024);
+        let (id, rest) = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
+        let (b, _) = split.carve(rest, id, 2048);
         let back = split.give_back(a).unwrap();
         assert!(back.whole.is_none(), "b is still live");
         let back = split.give_back(b).unwrap();
         assert_eq!(back.whole, Some(whole), "the original block, not a piece");
         assert_eq!(back.merged, 2);
-        assert!(split.segments.is_empty());
-        assert!(split.by_size.is_empty() && split.by_address.is_empty());
+        assert_eq!(split.idle_count(), 0);
+        assert_eq!(split.best_fit(MemoryKind::Device, 512), None);
+        // Slots are reused.
+        let (again, _) = split.carve(native(0x80000, 2048), WHOLE, 1024);
+        assert!(again < 4 && split.segments.len() == 1);
     }
 
     #[test]
     fn pieces_of_other_segments_do_not_merge() {
         let mut split = SplitBlocks::default();
         // Two native allocations back to back in the address space.
-        let _a = split.carve(native(0x10000, 2048), true, 1024);
-        let tail = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
-        assert_eq!(tail.address + tail.size, 0x10800);
-        let b = split.carve(native(0x10800, 2048), true, 1024);
+        let _a = split.carve(native(0x10000, 2048), WHOLE, 1024);
+        let (tail, block) = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
+        assert_eq!(block.address + block.size, 0x10800);
+        let (b, _) = split.carve(native(0x10800, 2048), WHOLE, 1024);
         let _c = split.take_best_fit(MemoryKind::Device, 1024).unwrap();
         split.give_back(b).unwrap();
         // The tail of the first ends where b, idle now, begins: they must stay apart.
         let back = split.give_back(tail).unwrap();
         assert_eq!((back.merged, back.whole), (0, None));
-        assert_eq!(split.by_address.len(), 2);
-        assert!(split.give_back(native(0x90000, 512)).is_none(), "unknown piece");
+        assert_eq!(split.idle_count(), 2);
+        assert!(split.give_back(999).is_none(), "unknown piece");
     }
 }

@@ -14,7 +14,7 @@ use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::class_index;
-use super::split::{may_serve, splits, SplitBlocks, MIN_REMAINDER};
+use super::split::{may_serve, splits, PieceId, SplitBlocks, MIN_REMAINDER, WHOLE};
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
 /// Size classes above the requested one that an idle block may come from.
@@ -108,8 +108,9 @@ pub(crate) struct CachedBlock {
 /// A block freed while other streams may still be using it.
 pub(crate) struct PendingBlock<N: NativeMemory> {
     pub(crate) block: NativeBlock,
-    /// A piece of a cut native allocation (see [`SplitBlocks`]), not a whole one.
-    pub(crate) piece: bool,
+    /// Its piece id when it is a piece of a cut native allocation (see [`SplitBlocks`]);
+    /// [`WHOLE`] otherwise.
+    pub(crate) piece: PieceId,
     pub(crate) markers: Vec<N::Marker>,
 }
 
@@ -160,14 +161,14 @@ impl<N: NativeMemory> Shard<N> {
     /// The hit path: an idle block of this class and kind, or failing that of one of the
     /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
     /// than reserving more memory), or failing that a piece cut from the smallest larger
-    /// idle block. Returns the block and whether it is a piece of a cut native allocation.
+    /// idle block. Returns the block and its piece id ([`WHOLE`] for a whole block).
     #[inline]
     pub(crate) fn take_cached(
         self: &Arc<Self>,
         rounded: u64,
         kind: MemoryKind,
         len: u64,
-    ) -> Option<(NativeBlock, bool)> {
+    ) -> Option<(NativeBlock, PieceId)> {
         let class = class_index(rounded);
         let mut state = self.state.lock();
         let mut found = Self::pop_fit(&mut state.free, class, kind);
@@ -190,7 +191,7 @@ impl<N: NativeMemory> Shard<N> {
         Self::count_live(c, len, block.size);
         drop(state);
         self.shared.note_idle_change(-(block.size as i64));
-        Some((block, false))
+        Some((block, WHOLE))
     }
 
     /// The split path (no idle block of the class or the few above it): the smallest
@@ -203,7 +204,7 @@ impl<N: NativeMemory> Shard<N> {
         class: usize,
         rounded: u64,
         kind: MemoryKind,
-    ) -> Option<(NativeBlock, bool)> {
+    ) -> Option<(NativeBlock, PieceId)> {
         if !splits(kind) {
             return None;
         }
@@ -213,7 +214,7 @@ impl<N: NativeMemory> Shard<N> {
         let c = &mut state.counters;
         let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
         let piece = piece.filter(|&size| may_serve(size, rounded));
-        let (block, from_whole) = match (whole, piece) {
+        let (block, id) = match (whole, piece) {
             // Best fit: the smaller of the two candidates (a piece when they tie, so that
             // whole blocks stay whole).
             (Some((whole_class, whole_size)), piece) if piece.is_none_or(|p| whole_size < p) => {
@@ -221,27 +222,27 @@ impl<N: NativeMemory> Shard<N> {
                 c.cached_bytes -= block.size;
                 c.cached_count -= 1;
                 self.shared.note_idle_change(-(block.size as i64));
-                (block, true)
+                (block, WHOLE)
             }
             (_, Some(_)) => {
-                let block = state.split.take_best_fit(kind, rounded)?;
+                let (id, block) = state.split.take_best_fit(kind, rounded)?;
                 c.cached_bytes -= block.size;
                 c.cached_count -= 1;
                 c.split_idle_bytes -= block.size;
-                (block, false)
+                (block, id)
             }
             (_, None) => return None,
         };
         if block.size < rounded + MIN_REMAINDER {
             // Too little would be left over: hand out the block as it is.
-            return Some((block, !from_whole));
+            return Some((block, id));
         }
-        let handed = state.split.carve(block, from_whole, rounded);
+        let (id, handed) = state.split.carve(block, id, rounded);
         let rest = block.size - rounded;
         c.cached_bytes += rest;
         c.cached_count += 1;
         c.split_idle_bytes += rest;
-        Some((handed, true))
+        Some((handed, id))
     }
 
     #[inline]
@@ -249,25 +250,11 @@ impl<N: NativeMemory> Shard<N> {
         (class..=class + NEAR_FIT_STEPS).find_map(|c| free.pop(c, kind))
     }
 
-    /// Accounts a block just obtained from the native API for a request of `rounded`
-    /// bytes, cutting it when it is larger (see [`segment_size`](super::split::segment_size)).
-    /// Returns the block to hand out and whether it is a piece.
-    pub(crate) fn note_miss(&self, native: NativeBlock, rounded: u64, len: u64) -> (NativeBlock, bool) {
+    /// Accounts a block just obtained from the native API.
+    pub(crate) fn note_miss(&self, rounded: u64, len: u64) {
         let mut state = self.state.lock();
-        let state = &mut *state;
         state.counters.misses += 1;
-        if native.size < rounded + MIN_REMAINDER {
-            Self::count_live(&mut state.counters, len, native.size);
-            return (native, false);
-        }
-        let handed = state.split.carve(native, true, rounded);
-        let rest = native.size - rounded;
-        let c = &mut state.counters;
-        c.cached_bytes += rest;
-        c.cached_count += 1;
-        c.split_idle_bytes += rest;
-        Self::count_live(c, len, rounded);
-        (handed, true)
+        Self::count_live(&mut state.counters, len, rounded);
     }
 
     fn count_live(c: &mut ShardCounters, len: u64, rounded: u64) {
@@ -282,7 +269,7 @@ impl<N: NativeMemory> Shard<N> {
     pub(crate) fn give_back(
         self: &Arc<Self>,
         block: NativeBlock,
-        piece: bool,
+        piece: PieceId,
         len: u64,
         uses: Vec<Arc<Shard<N>>>,
         trace_id: u64,
@@ -306,14 +293,14 @@ impl<N: NativeMemory> Shard<N> {
             return;
         }
         match markers {
-            None if !piece => {
+            None if piece == WHOLE => {
                 Self::push_free(&mut state, block);
                 drop(state);
                 this.shared.note_idle_change(block.size as i64);
                 this.shared.enforce_cache_limit();
             }
             None => {
-                let whole = this.return_piece(&mut state, block);
+                let whole = this.return_piece(&mut state, block, piece);
                 if let Some(whole) = whole {
                     Self::push_free(&mut state, whole);
                     drop(state);
@@ -328,8 +315,8 @@ impl<N: NativeMemory> Shard<N> {
     /// Puts a piece back into its segment, merging it with idle neighbours. Returns the
     /// whole native allocation when that made it wholly idle; it is then out of the
     /// split structure and not counted as cached, for the caller to cache or free.
-    fn return_piece(&self, state: &mut ShardState<N>, piece: NativeBlock) -> Option<NativeBlock> {
-        let Some(returned) = state.split.give_back(piece) else {
+    fn return_piece(&self, state: &mut ShardState<N>, piece: NativeBlock, id: PieceId) -> Option<NativeBlock> {
+        let Some(returned) = state.split.give_back(id) else {
             // Not a piece of any segment here: cannot happen, but if it did the memory is
             // lost to the cache rather than handed out twice.
             self.shared.note_failed_free();
@@ -351,7 +338,7 @@ impl<N: NativeMemory> Shard<N> {
     /// A piece goes back into its segment, and the native allocation is freed once the
     /// segment is wholly idle (the waits on the stream order that free after every piece's
     /// uses).
-    fn release_orphaned(&self, block: NativeBlock, piece: bool, markers: Option<Vec<N::Marker>>) {
+    fn release_orphaned(&self, block: NativeBlock, piece: PieceId, markers: Option<Vec<N::Marker>>) {
         let ordered = markers.is_none_or(|markers| {
             !markers.is_empty()
                 && markers
@@ -362,9 +349,9 @@ impl<N: NativeMemory> Shard<N> {
             self.shared.note_failed_free();
             return;
         }
-        let whole = if piece {
+        let whole = if piece != WHOLE {
             let mut state = self.state.lock();
-            self.return_piece(&mut state, block)
+            self.return_piece(&mut state, block, piece)
         } else {
             Some(block)
         };
@@ -416,8 +403,8 @@ impl<N: NativeMemory> Shard<N> {
                     .all(|m| native.is_marker_complete(m).unwrap_or(false));
             if done {
                 let pending = state.pending.swap_remove(index);
-                let whole = if pending.piece {
-                    self.return_piece(state, pending.block)
+                let whole = if pending.piece != WHOLE {
+                    self.return_piece(state, pending.block, pending.piece)
                 } else {
                     Some(pending.block)
                 };
