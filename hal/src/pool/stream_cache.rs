@@ -208,9 +208,13 @@ impl<N: NativeMemory> Shard<N> {
         if !splits(kind) {
             return None;
         }
-        // Classes up to `class + NEAR_FIT_STEPS` were just found empty.
-        let whole = state.free.smallest_from(class + NEAR_FIT_STEPS + 1, kind);
         let piece = state.split.best_fit(kind, rounded);
+        // Classes up to `class + NEAR_FIT_STEPS` were just found empty of whole blocks,
+        // so a piece from those classes is smaller than any whole block: no need to look.
+        let whole = match piece {
+            Some(size) if class_index(size) <= class + NEAR_FIT_STEPS => None,
+            _ => state.free.smallest_from(class + NEAR_FIT_STEPS + 1, kind),
+        };
         let c = &mut state.counters;
         let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
         let piece = piece.filter(|&size| may_serve(size, rounded));
