@@ -211,3 +211,32 @@ fn a_host_fence_wait_orders_later_work_after_the_signal() {
     fence.wait(1, std::time::Duration::from_secs(10)).unwrap();
     b.fill(&buffer, 0, 256, 2).unwrap();
 }
+
+#[test]
+fn pieces_of_one_native_allocation_are_checked_apart() {
+    let device = device();
+    let stream = device.create_stream().unwrap();
+    // An idle 2 MiB block is cut for the smaller requests that follow.
+    drop(device.allocate(2 << 20, MemoryKind::Device, &stream).unwrap());
+    let first = device.allocate(4096, MemoryKind::Device, &stream).unwrap();
+    let second = device.allocate(4096, MemoryKind::Device, &stream).unwrap();
+    let (a, b) = (first.region(), second.region());
+    assert_eq!(a.native, b.native, "both are pieces of one native allocation");
+    assert_eq!(b.native_offset, a.native_offset + 4096);
+    assert_eq!(device.memory_stats().native_allocations, 1);
+    // Each holds its own data.
+    stream.fill(&first, 0, 4096, 1).unwrap();
+    stream.fill(&second, 0, 4096, 2).unwrap();
+    let mut out = vec![0u8; 4096];
+    stream.read(&first, 0, &mut out).unwrap();
+    assert!(out.iter().all(|&x| x == 1));
+    stream.read(&second, 0, &mut out).unwrap();
+    assert!(out.iter().all(|&x| x == 2));
+    // A returned piece is caught while its neighbour stays live and usable.
+    drop(first);
+    assert!(matches!(stream.fill(&a, 0, 4096, 0), Err(Error::UseAfterFree { .. })));
+    stream.fill(&second, 0, 4096, 3).unwrap();
+    drop(second);
+    stream.synchronize().unwrap();
+    assert_eq!(device.allocator().trim(), 2 << 20, "whole again, released as one");
+}
