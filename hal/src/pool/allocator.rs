@@ -28,7 +28,9 @@ pub struct PoolConfig {
     /// Before asking the native API for more memory, release idle blocks until reserved
     /// memory would stay within `(1 + reserve_slack)` × the highest live memory seen (both
     /// in rounded bytes). Keeps reserved ÷ peak live close to 1 when request sizes drift;
-    /// a larger slack keeps more idle blocks for reuse. Infinity disables it.
+    /// a larger slack keeps more idle blocks for reuse. Infinity disables it. Only wholly
+    /// idle native allocations can be released, so idle pieces of a partly used one can
+    /// keep reserved memory above this budget.
     pub reserve_slack: f64,
 }
 
@@ -87,7 +89,10 @@ const NO_LIMIT: u64 = u64::MAX;
 ///
 /// Each stream has its own cache ([`StreamCache`]); a request is served from the cache of
 /// its stream when a block of its size class and kind is idle there, without any native
-/// call. Otherwise the allocator asks the native API, releasing idle blocks first when
+/// call. Failing that, it cuts the request from the smallest suitable larger idle block
+/// of the stream's cache and keeps the rest idle; pieces merge again when freed, and a
+/// native allocation is released only once all of it is idle. Otherwise the allocator
+/// asks the native API, releasing idle blocks first when
 /// reserved memory would outgrow live memory by more than [`PoolConfig::reserve_slack`],
 /// and releasing the whole cache and retrying once when the native API is out of memory.
 pub struct CachingAllocator<N: NativeMemory> {

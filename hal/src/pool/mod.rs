@@ -1,7 +1,8 @@
 //! The caching pool, written once for every backend.
 //!
 //! A backend implements [`NativeMemory`] (allocate, free, stream markers) and gets a
-//! [`CachingAllocator`]: per-stream caches with size classes, cross-stream reuse only
+//! [`CachingAllocator`]: per-stream caches with size classes, misses served by cutting a
+//! larger idle block and pieces merged back when freed, cross-stream reuse only
 //! after the other stream's recorded use has completed, release-and-retry on out of
 //! memory, memory and cache limits, `trim`, statistics, trace recording, and
 //! [`GraphPool`]s for captures.
