@@ -236,8 +236,10 @@ vulkan_env=()
 # Only what the host lacks goes on the library path (through a folder of links), so the
 # host's own copies of the rest still win.
 shipped_dir=""
+tab=$(printf '\t')
 for library in libvulkan.so.1 libGLdispatch.so.0; do
-    if ! ldconfig -p 2>/dev/null | grep -q " $library " && [ -f "$bundle/lib/$library" ]; then
+    # ldconfig -p lines start with a tab: "<tab>libvulkan.so.1 (libc6,x86-64) => /path".
+    if ! ldconfig -p 2>/dev/null | grep -qF "$tab$library (" && [ -f "$bundle/lib/$library" ]; then
         echo "Vulkan: $library is not installed on this host; using the bundle's copy"
         [ -n "$shipped_dir" ] || shipped_dir=$(mktemp -d)
         ln -s "$bundle/lib/$library" "$shipped_dir/$library"
@@ -251,7 +253,7 @@ fi
 # and reported VK_ERROR_INCOMPATIBLE_DRIVER, while the same driver through
 # libEGL_nvidia.so.0 worked; so point a manifest of our own at the EGL library.
 if [ -n "$nvidia_icd" ] && grep -q 'libGLX_nvidia' "$nvidia_icd" \
-    && ldconfig -p 2>/dev/null | grep -q ' libEGL_nvidia\.so\.0 '; then
+    && ldconfig -p 2>/dev/null | grep -qF "${tab}libEGL_nvidia.so.0 ("; then
     api_version=$(sed -n 's/.*"api_version"[^"]*"\([^"]*\)".*/\1/p' "$nvidia_icd" | head -n 1)
     headless_icd="$results/nvidia_icd_headless.json"
     printf '{"file_format_version": "1.0.1", "ICD": {"library_path": "libEGL_nvidia.so.0", "api_version": "%s"}}\n' \
