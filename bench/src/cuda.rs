@@ -338,6 +338,53 @@ impl Baselines {
     }
 }
 
+/// The event target's overhead measured pair by pair: each batch times N gpuhal cycles
+/// (acquire + record + release) and then N bare `cuEventRecord` of one raw event on the
+/// same native stream, and the row is the median of the per-batch differences. The two
+/// loops separately drift by more than the 30 ns budget over a run (the bare record's own
+/// median moved between 150 and 340 ns from run to run on the H200 host), so only a
+/// difference taken batch by batch, on the same stream at the same moment, can judge it.
+fn paired_event_overhead(device: &CudaDevice, settings: &Settings, report: &mut Report) -> Result<()> {
+    use gpuhal_hal::Event as _;
+    let stream = device.create_stream()?;
+    let raw_stream = stream.raw();
+    let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+    let raw_event = driver("cuEventCreate", result::event::create(flags))?;
+    for _ in 0..16 {
+        device.event(false)?.record(&stream)?;
+    }
+    let iterations = settings.iterations(20_000);
+    let batch = || -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let event = device.event(false)?;
+            event.record(&stream)?;
+            drop(black_box(event));
+        }
+        let cycle = start.elapsed();
+        stream.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..iterations {
+            // SAFETY: the event and the stream are live until after the loop.
+            driver("cuEventRecord", unsafe { result::event::record(raw_event, raw_stream) })?;
+        }
+        let bare = start.elapsed();
+        stream.synchronize()?;
+        Ok((cycle.as_nanos() as f64 - bare.as_nanos() as f64) / iterations.max(1) as f64)
+    };
+    let measured = (|| {
+        for _ in 0..settings.warmup_batches() {
+            batch()?;
+        }
+        let values = (0..settings.batches()).map(|_| batch()).collect::<Result<Vec<f64>>>()?;
+        Ok::<_, anyhow::Error>(Summary::of(&values).unwrap_or(Summary::single(f64::NAN)))
+    })();
+    // SAFETY: every batch synchronized the stream; the event is not used again.
+    let destroyed = unsafe { result::event::destroy(raw_event) };
+    put(report, "event.paired.overhead", measured?, None);
+    driver("cuEventDestroy", destroyed)
+}
+
 /// Adds native row `id` with its label from [`native_row_specs`].
 fn put(report: &mut Report, id: &str, summary: Summary, note: Option<String>) {
     let specs = native_row_specs(&OPTIONS);
@@ -356,10 +403,11 @@ fn put(report: &mut Report, id: &str, summary: Summary, note: Option<String>) {
 impl crate::Baselines<CudaBackend> for Baselines {
     fn run(&self, device: &CudaDevice, settings: &Settings, options: &SuiteOptions, report: &mut Report) -> Result<()> {
         self.bind()?;
-        let steps: [Step; 5] = [
+        let steps: [Step; 6] = [
             ("cache-hit (native)", &|r| self.alloc_pairs(settings, r)),
             ("churn (native)", &|r| self.churn(settings, r)),
             ("events (native)", &|r| self.events(settings, r)),
+            ("events (paired)", &|r| paired_event_overhead(device, settings, r)),
             ("graph replay (native)", &|r| self.graphs(settings, r)),
             ("bandwidth (native)", &|r| self.bandwidth(device, settings, options, r)),
         ];

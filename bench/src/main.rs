@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpuhal_bench::harness::Settings;
 use gpuhal_bench::report::Report;
@@ -163,31 +163,40 @@ fn suite(
             {
                 use gpuhal_bench::mock;
                 let profile = mock_profile(profile);
-                return gpuhal_bench::run_suite::<gpuhal_mock::MockBackend>(
+                gpuhal_bench::run_suite::<gpuhal_mock::MockBackend>(
                     &|| mock::open(profile),
                     &mock::NoBaselines,
                     settings,
                     &mock::OPTIONS,
                     trace,
-                );
+                )
             }
+            #[cfg(not(feature = "mock"))]
+            Err(not_built(backend))
         }
         BackendName::Cuda => {
             #[cfg(feature = "cuda")]
             {
                 use gpuhal_bench::cuda;
                 let baselines = cuda::Baselines::open(ordinal)?;
-                return gpuhal_bench::run_suite::<gpuhal_cuda::CudaBackend>(
+                gpuhal_bench::run_suite::<gpuhal_cuda::CudaBackend>(
                     &|| cuda::open(ordinal),
                     &baselines,
                     settings,
                     &cuda::OPTIONS,
                     trace,
-                );
+                )
             }
+            #[cfg(not(feature = "cuda"))]
+            Err(not_built(backend))
         }
     }
-    bail!(
+}
+
+/// The error for a backend whose cargo feature this binary was built without.
+#[cfg(not(all(feature = "mock", feature = "cuda")))]
+fn not_built(backend: BackendName) -> anyhow::Error {
+    anyhow::anyhow!(
         "this gpuhal-bench was built without the {} backend (enable its cargo feature)",
         backend.name()
     )
@@ -200,21 +209,21 @@ fn replay(backend: BackendName, ordinal: u32, trace: &Path) -> Result<Report> {
             #[cfg(feature = "mock")]
             {
                 let device = gpuhal_bench::mock::open(gpuhal_mock::Profile::Discrete)?;
-                return gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace);
+                gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace)
             }
+            #[cfg(not(feature = "mock"))]
+            Err(not_built(backend))
         }
         BackendName::Cuda => {
             #[cfg(feature = "cuda")]
             {
                 let device = gpuhal_bench::cuda::open(ordinal)?;
-                return gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace);
+                gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace)
             }
+            #[cfg(not(feature = "cuda"))]
+            Err(not_built(backend))
         }
     }
-    bail!(
-        "this gpuhal-bench was built without the {} backend (enable its cargo feature)",
-        backend.name()
-    )
 }
 
 #[cfg(feature = "mock")]

@@ -850,6 +850,12 @@ pub fn native_row_specs(options: &SuiteOptions) -> Vec<(String, &'static str, St
         "ns",
     ));
     rows.push((
+        "event.paired.overhead".into(),
+        "events",
+        "gpuhal cycle minus bare cuEventRecord on the same stream, batch by batch".into(),
+        "ns",
+    ));
+    rows.push((
         "event.native.create_destroy".into(),
         "events",
         "cuEventCreate + cuEventDestroy".into(),
