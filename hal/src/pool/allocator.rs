@@ -6,11 +6,12 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::buffer::{Buffer, Owner};
+use super::buffer::Buffer;
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
+use super::spare_states;
 use super::split::WHOLE;
-use super::stream_cache::{Shard, ShardCounters, ShardLock, ShardState, StreamCache};
+use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
 use crate::stats::MemoryStats;
 use crate::trace::{TraceEvent, TraceRecorder};
@@ -154,14 +155,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
             shared: self.shared.clone(),
             stream,
             id,
-            state: ShardLock::new(ShardState {
-                free: Default::default(),
-                split: Default::default(),
-                orphaned: false,
-                pending: Vec::new(),
-                counters: ShardCounters::default(),
-                clock: 0,
-            }),
+            state: spare_states::take(|| ShardLock::new(ShardState::new())),
         });
         let mut global = self.shared.global.lock();
         global.shards.retain(|w| w.strong_count() > 0);
@@ -282,30 +276,23 @@ impl<N: NativeMemory> PoolShared<N> {
         }
         let shard = stream.base();
         let rounded = rounded_size(len);
-        let (block, piece) = match shard.take_cached(rounded, kind, len) {
-            Some(found) => found,
+        // A hit brings the reference to the shard the buffer holds along with the block;
+        // only a block new to the cache needs a new one.
+        let mut buffer = match shard.take_cached(rounded, kind, len) {
+            Some(buffer) => buffer,
             None => {
                 let block = this.allocate_native(shard, rounded, kind, len)?;
                 shard.note_miss(rounded, len);
-                (block, WHOLE)
+                Buffer::from_stream(shard.clone(), block, WHOLE, len)
             }
         };
         if N::CHECKS_LIFETIMES {
-            this.native.on_handed_out(&block, len, shard.id);
+            this.native.on_handed_out(&buffer.block, len, shard.id);
         }
-        let trace_id = if this.tracing.load(Ordering::Relaxed) {
-            this.trace_alloc(len, shard.id)
-        } else {
-            0
-        };
-        Ok(Buffer {
-            owner: Owner::Stream(shard.clone()),
-            block,
-            piece,
-            len,
-            uses: Mutex::new(Vec::new()),
-            trace_id,
-        })
+        if this.tracing.load(Ordering::Relaxed) {
+            buffer.trace_id = this.trace_alloc(len, shard.id);
+        }
+        Ok(buffer)
     }
 
     /// The miss path: limit check, budget release, native call, OOM release and retry.
@@ -420,7 +407,7 @@ impl<N: NativeMemory> PoolShared<N> {
                 break;
             };
             let list = states[index].free.list(slot);
-            released += list[position].block.size;
+            released += list[position].size;
             *counts.entry((index, slot)).or_default() += 1;
             if let Some(next) = list.get(position + 1) {
                 heads.push(std::cmp::Reverse((next.returned_at, index, slot, position + 1)));
@@ -429,7 +416,10 @@ impl<N: NativeMemory> PoolShared<N> {
         let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
         for ((index, slot), count) in counts {
             let state = &mut states[index];
-            let blocks: Vec<NativeBlock> = state.free.take_oldest(slot, count).map(|c| c.block).collect();
+            // The blocks' references to their shard are dropped here, under the locks:
+            // never the last, as `shards` holds one of each.
+            let kind = FreeLists::<N>::kind_of(slot);
+            let blocks: Vec<NativeBlock> = state.free.take_oldest(slot, count).map(|c| c.block(kind)).collect();
             for block in blocks {
                 state.counters.cached_bytes -= block.size;
                 state.counters.cached_count -= 1;
@@ -494,11 +484,14 @@ impl<N: NativeMemory> PoolShared<N> {
         self.failed_frees.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `delta` to the idle total when a cache limit is set; returns whether one is.
     #[inline]
-    pub(crate) fn note_idle_change(&self, delta: i64) {
-        if self.cache_limit.load(Ordering::Relaxed) != NO_LIMIT {
+    pub(crate) fn note_idle_change(&self, delta: i64) -> bool {
+        let limited = self.cache_limit.load(Ordering::Relaxed) != NO_LIMIT;
+        if limited {
             self.idle_bytes.fetch_add(delta, Ordering::Relaxed);
         }
+        limited
     }
 
     #[inline]

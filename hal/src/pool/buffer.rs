@@ -55,6 +55,21 @@ impl<N: NativeMemory> Buffer<N> {
         }
     }
 
+    /// A buffer of `len` bytes in `block`, returning to `home`'s cache; not traced.
+    /// The caching pool builds it where it takes the block, so that the block is not
+    /// moved through a returned tuple first (which compiled to stalling partial copies).
+    #[inline]
+    pub(crate) fn from_stream(home: Arc<Shard<N>>, block: NativeBlock, piece: PieceId, len: u64) -> Self {
+        Buffer {
+            owner: Owner::Stream(home),
+            block,
+            piece,
+            len,
+            uses: Mutex::new(Vec::new()),
+            trace_id: 0,
+        }
+    }
+
     /// Length in bytes, as requested.
     pub fn len(&self) -> u64 {
         self.len
@@ -139,8 +154,11 @@ impl<N: NativeMemory> std::fmt::Debug for Buffer<N> {
 impl<N: NativeMemory> Drop for Buffer<N> {
     fn drop(&mut self) {
         let uses = std::mem::take(self.uses.get_mut());
-        match &self.owner {
-            Owner::Stream(shard) => shard.give_back(self.block, self.piece, self.len, uses, self.trace_id),
+        // The shard reference is moved out, not borrowed: it goes into the free list
+        // with the block (see `Shard`). What is left in its place drops as nothing.
+        let device = DeviceId(0);
+        match std::mem::replace(&mut self.owner, Owner::Empty(device)) {
+            Owner::Stream(shard) => shard.give_back(&self.block, self.piece, self.len, uses, self.trace_id),
             Owner::Graph(pool) => pool.give_back(self.block, self.len),
             Owner::Empty(_) => {}
         }

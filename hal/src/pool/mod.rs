@@ -13,6 +13,7 @@ mod counting;
 mod graph_pool;
 mod native;
 pub mod size_class;
+mod spare_states;
 mod split;
 mod stream_cache;
 

@@ -14,6 +14,7 @@ use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::class_index;
+use super::spare_states;
 use super::split::{may_serve, splits, PieceId, SplitBlocks, MIN_REMAINDER, WHOLE};
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
@@ -21,28 +22,51 @@ use crate::types::{DeviceId, MemoryKind, StreamId};
 pub(crate) const NEAR_FIT_STEPS: usize = 8;
 
 /// Free lists indexed by `class_index * 3 + kind`, grown on demand.
-#[derive(Default)]
-pub(crate) struct FreeLists {
-    lists: Vec<Vec<CachedBlock>>,
+pub(crate) struct FreeLists<N: NativeMemory> {
+    lists: Vec<Vec<CachedBlock<N>>>,
     /// A bit per slot, set when a block is pushed there and cleared lazily when the miss
     /// path finds the list empty: lets the miss path find the smallest larger whole block
     /// without walking every list, while the hit path's pop stays untouched.
     maybe_occupied: Vec<u64>,
 }
 
-impl FreeLists {
+// Not derived: a derive would ask `N: Default`.
+impl<N: NativeMemory> Default for FreeLists<N> {
+    fn default() -> Self {
+        FreeLists {
+            lists: Vec::new(),
+            maybe_occupied: Vec::new(),
+        }
+    }
+}
+
+impl<N: NativeMemory> FreeLists<N> {
     #[inline]
     fn slot(class: usize, kind: MemoryKind) -> usize {
         class * MemoryKind::ALL.len() + kind.index()
     }
 
+    /// The kind of the blocks in `slot`.
+    pub(crate) fn kind_of(slot: usize) -> MemoryKind {
+        MemoryKind::ALL[slot % MemoryKind::ALL.len()]
+    }
+
     #[inline]
-    fn pop(&mut self, class: usize, kind: MemoryKind) -> Option<CachedBlock> {
+    fn pop(&mut self, class: usize, kind: MemoryKind) -> Option<CachedBlock<N>> {
         self.lists.get_mut(Self::slot(class, kind))?.pop()
     }
 
-    fn push(&mut self, cached: CachedBlock) {
-        let slot = Self::slot(class_index(cached.block.size), cached.block.kind);
+    #[inline]
+    fn push(&mut self, block: &NativeBlock, returned_at: u64, home: Arc<Shard<N>>) {
+        let cached = CachedBlock {
+            address: block.address,
+            size: block.size,
+            native: block.native,
+            native_offset: block.native_offset,
+            returned_at,
+            home,
+        };
+        let slot = Self::slot(class_index(block.size), block.kind);
         if slot >= self.lists.len() {
             self.lists.resize_with(slot + 1, Vec::new);
             self.maybe_occupied.resize(slot / 64 + 1, 0);
@@ -68,7 +92,7 @@ impl FreeLists {
             }
             if slot % kinds == kind.index() {
                 match self.lists[slot].last() {
-                    Some(cached) => return Some((slot / kinds, cached.block.size)),
+                    Some(cached) => return Some((slot / kinds, cached.size)),
                     None => self.maybe_occupied[slot / 64] &= !(1 << (slot % 64)),
                 }
             }
@@ -78,31 +102,58 @@ impl FreeLists {
     }
 
     /// Every list, by slot; each list is ordered by return time, oldest first.
-    pub(crate) fn lists(&self) -> impl Iterator<Item = (usize, &Vec<CachedBlock>)> {
+    pub(crate) fn lists(&self) -> impl Iterator<Item = (usize, &Vec<CachedBlock<N>>)> {
         self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty())
     }
 
     /// The blocks of one slot, oldest first.
-    pub(crate) fn list(&self, slot: usize) -> &[CachedBlock] {
+    pub(crate) fn list(&self, slot: usize) -> &[CachedBlock<N>] {
         self.lists.get(slot).map_or(&[], Vec::as_slice)
     }
 
     /// Removes the `count` oldest blocks of a slot.
-    pub(crate) fn take_oldest(&mut self, slot: usize, count: usize) -> std::vec::Drain<'_, CachedBlock> {
+    pub(crate) fn take_oldest(&mut self, slot: usize, count: usize) -> std::vec::Drain<'_, CachedBlock<N>> {
         let list = &mut self.lists[slot];
         let count = count.min(list.len());
         list.drain(..count)
     }
 
-    pub(crate) fn drain_all(&mut self) -> impl Iterator<Item = CachedBlock> + '_ {
-        self.lists.iter_mut().flat_map(|l| l.drain(..))
+    /// Removes every block, with its reference to the shard.
+    pub(crate) fn drain_all(&mut self) -> impl Iterator<Item = (NativeBlock, Arc<Shard<N>>)> + '_ {
+        self.lists.iter_mut().enumerate().flat_map(|(slot, l)| {
+            let kind = Self::kind_of(slot);
+            l.drain(..).map(move |c| (c.block(kind), c.home))
+        })
     }
 }
 
-/// A block idle in a free list, stamped with when it was returned (for LRU release).
-pub(crate) struct CachedBlock {
-    pub(crate) block: NativeBlock,
+/// A block idle in a free list, stamped with when it was returned (for LRU release),
+/// with the counted reference to its shard that the buffer made from it will hold.
+///
+/// The block's fields are stored without its kind (the list's slot says it), so the
+/// entry has no padding: copying a `NativeBlock`'s padding bytes in and out of the list
+/// compiled to partial copies that stalled the hit path on store forwarding.
+pub(crate) struct CachedBlock<N: NativeMemory> {
+    address: u64,
+    pub(crate) size: u64,
+    native: u64,
+    native_offset: u64,
     pub(crate) returned_at: u64,
+    pub(crate) home: Arc<Shard<N>>,
+}
+
+impl<N: NativeMemory> CachedBlock<N> {
+    /// The block, given the kind of the list it is in.
+    #[inline]
+    pub(crate) fn block(&self, kind: MemoryKind) -> NativeBlock {
+        NativeBlock {
+            address: self.address,
+            size: self.size,
+            kind,
+            native: self.native,
+            native_offset: self.native_offset,
+        }
+    }
 }
 
 /// A block freed while other streams may still be using it.
@@ -112,6 +163,8 @@ pub(crate) struct PendingBlock<N: NativeMemory> {
     /// [`WHOLE`] otherwise.
     pub(crate) piece: PieceId,
     pub(crate) markers: Vec<N::Marker>,
+    /// The returned buffer's reference to the shard, kept for the free list.
+    pub(crate) home: Arc<Shard<N>>,
 }
 
 #[derive(Default)]
@@ -133,7 +186,7 @@ pub(crate) struct ShardCounters {
 }
 
 pub(crate) struct ShardState<N: NativeMemory> {
-    pub(crate) free: FreeLists,
+    pub(crate) free: FreeLists<N>,
     /// Pieces of native allocations cut to serve smaller requests.
     pub(crate) split: SplitBlocks,
     /// Set when the stream's cache is dropped: blocks returned afterwards go straight
@@ -144,13 +197,36 @@ pub(crate) struct ShardState<N: NativeMemory> {
     pub(crate) clock: u64,
 }
 
+impl<N: NativeMemory> ShardState<N> {
+    /// The state of a new shard: nothing cached, nothing counted.
+    pub(crate) fn new() -> Self {
+        ShardState {
+            free: FreeLists::default(),
+            split: SplitBlocks::default(),
+            orphaned: false,
+            pending: Vec::new(),
+            counters: ShardCounters::default(),
+            clock: 0,
+        }
+    }
+}
+
 /// The cache of one stream. Owned through `Arc` by the stream and by every buffer
 /// allocated on it, so it outlives whichever of them goes last.
+///
+/// Every idle block holds one of those references too, the one the buffer made from it
+/// will hold: the reference moves whole between free list and buffer, so a cache hit
+/// and its return move no reference count (two atomic read-modify-writes per pair
+/// saved); only a block new to the cache (a miss, a cut piece) clones one. The
+/// resulting cycle (idle blocks hold the shard that holds them) is broken by
+/// [`orphan`](Shard::orphan) when the stream's cache is dropped, and by eviction. The
+/// locked state lives in `'static` storage (see [`spare_states`](super::spare_states))
+/// so that a return can lock it while moving the reference into it.
 pub struct Shard<N: NativeMemory> {
     pub(crate) shared: Arc<PoolShared<N>>,
     pub(crate) stream: N::Stream,
     pub(crate) id: StreamId,
-    pub(crate) state: ShardLock<ShardState<N>>,
+    pub(crate) state: &'static ShardLock<ShardState<N>>,
 }
 
 impl<N: NativeMemory> Shard<N> {
@@ -161,14 +237,10 @@ impl<N: NativeMemory> Shard<N> {
     /// The hit path: an idle block of this class and kind, or failing that of one of the
     /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
     /// than reserving more memory), or failing that a piece cut from the smallest larger
-    /// idle block. Returns the block and its piece id ([`WHOLE`] for a whole block).
-    #[inline]
-    pub(crate) fn take_cached(
-        self: &Arc<Self>,
-        rounded: u64,
-        kind: MemoryKind,
-        len: u64,
-    ) -> Option<(NativeBlock, PieceId)> {
+    /// idle block. Returns it as a buffer of `len` bytes, holding the block's reference to
+    /// this shard (see [`Shard`]).
+    #[inline(always)]
+    pub(crate) fn take_cached(self: &Arc<Self>, rounded: u64, kind: MemoryKind, len: u64) -> Option<Buffer<N>> {
         let class = class_index(rounded);
         let mut state = self.state.lock();
         let mut found = Self::pop_fit(&mut state.free, class, kind);
@@ -177,13 +249,14 @@ impl<N: NativeMemory> Shard<N> {
             found = Self::pop_fit(&mut state.free, class, kind);
         }
         let Some(found) = found else {
-            let (block, piece) = self.take_split(&mut state, class, rounded, kind)?;
+            let (block, piece, home) = self.take_split(&mut state, class, rounded, kind)?;
             let c = &mut state.counters;
             c.hits += 1;
             Self::count_live(c, len, block.size);
-            return Some((block, piece));
+            return Some(Buffer::from_stream(home, block, piece, len));
         };
-        let block = found.block;
+        let block = found.block(kind);
+        let home = found.home;
         let c = &mut state.counters;
         c.hits += 1;
         c.cached_bytes -= block.size;
@@ -191,7 +264,7 @@ impl<N: NativeMemory> Shard<N> {
         Self::count_live(c, len, block.size);
         drop(state);
         self.shared.note_idle_change(-(block.size as i64));
-        Some((block, WHOLE))
+        Some(Buffer::from_stream(home, block, WHOLE, len))
     }
 
     /// The split path (no idle block of the class or the few above it): the smallest
@@ -199,12 +272,12 @@ impl<N: NativeMemory> Shard<N> {
     /// bytes when the rest is worth keeping. Adjusts the cached counters.
     #[cold]
     fn take_split(
-        &self,
+        self: &Arc<Self>,
         state: &mut ShardState<N>,
         class: usize,
         rounded: u64,
         kind: MemoryKind,
-    ) -> Option<(NativeBlock, PieceId)> {
+    ) -> Option<(NativeBlock, PieceId, Arc<Shard<N>>)> {
         if !splits(kind) {
             return None;
         }
@@ -218,39 +291,42 @@ impl<N: NativeMemory> Shard<N> {
         let c = &mut state.counters;
         let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
         let piece = piece.filter(|&size| may_serve(size, rounded));
-        let (block, id) = match (whole, piece) {
+        let (block, id, home) = match (whole, piece) {
             // Best fit: the smaller of the two candidates (a piece when they tie, so that
             // whole blocks stay whole).
             (Some((whole_class, whole_size)), piece) if piece.is_none_or(|p| whole_size < p) => {
-                let block = state.free.pop(whole_class, kind)?.block;
+                let found = state.free.pop(whole_class, kind)?;
+                let block = found.block(kind);
+                let home = found.home;
                 c.cached_bytes -= block.size;
                 c.cached_count -= 1;
                 self.shared.note_idle_change(-(block.size as i64));
-                (block, WHOLE)
+                (block, WHOLE, home)
             }
             (_, Some(_)) => {
                 let (id, block) = state.split.take_best_fit(kind, rounded)?;
                 c.cached_bytes -= block.size;
                 c.cached_count -= 1;
                 c.split_idle_bytes -= block.size;
-                (block, id)
+                // Idle pieces hold no reference: the buffer needs a new one.
+                (block, id, self.clone())
             }
             (_, None) => return None,
         };
         if block.size < rounded + MIN_REMAINDER {
             // Too little would be left over: hand out the block as it is.
-            return Some((block, id));
+            return Some((block, id, home));
         }
         let (id, handed) = state.split.carve(block, id, rounded);
         let rest = block.size - rounded;
         c.cached_bytes += rest;
         c.cached_count += 1;
         c.split_idle_bytes += rest;
-        Some((handed, id))
+        Some((handed, id, home))
     }
 
-    #[inline]
-    fn pop_fit(free: &mut FreeLists, class: usize, kind: MemoryKind) -> Option<CachedBlock> {
+    #[inline(always)]
+    fn pop_fit(free: &mut FreeLists<N>, class: usize, kind: MemoryKind) -> Option<CachedBlock<N>> {
         (class..=class + NEAR_FIT_STEPS).find_map(|c| free.pop(c, kind))
     }
 
@@ -269,50 +345,68 @@ impl<N: NativeMemory> Shard<N> {
     }
 
     /// A buffer was dropped: back to the free list, or to the pending list when other
-    /// streams used it.
+    /// streams used it. `self` is the buffer's reference to the shard, which moves into
+    /// the free or pending list with the block (or is dropped when the block goes
+    /// elsewhere).
     pub(crate) fn give_back(
-        self: &Arc<Self>,
-        block: NativeBlock,
+        self: Arc<Self>,
+        block: &NativeBlock,
         piece: PieceId,
         len: u64,
         uses: Vec<Arc<Shard<N>>>,
         trace_id: u64,
     ) {
-        let this = self;
         if N::CHECKS_LIFETIMES {
-            this.shared.native.on_returned(&block, this.id);
+            self.shared.native.on_returned(block, self.id);
         }
         if trace_id != 0 {
-            this.shared.trace_free(trace_id, len, this.id);
+            self.shared.trace_free(trace_id, len, self.id);
         }
-        let markers = this.record_markers(&uses);
-        let mut state = this.state.lock();
+        let markers = self.record_markers(&uses);
+        // Copied out of the shard: `self` may move into the list behind this lock.
+        let lock = self.state;
+        let mut state = lock.lock();
         let c = &mut state.counters;
         c.live_bytes -= len;
         c.live_rounded -= block.size;
         c.live_count -= 1;
         if state.orphaned {
             drop(state);
-            this.release_orphaned(block, piece, markers);
+            self.release_orphaned(*block, piece, markers);
             return;
         }
-        match markers {
-            None if piece == WHOLE => {
-                Self::push_free(&mut state, block);
-                drop(state);
-                this.shared.note_idle_change(block.size as i64);
-                this.shared.enforce_cache_limit();
-            }
-            None => {
-                let whole = this.return_piece(&mut state, block, piece);
-                if let Some(whole) = whole {
-                    Self::push_free(&mut state, whole);
-                    drop(state);
-                    this.shared.note_idle_change(whole.size as i64);
-                    this.shared.enforce_cache_limit();
+        // The common case reads the block where the buffer has it; the others copy it.
+        let merged;
+        let whole = match markers {
+            None if piece == WHOLE => block,
+            None => match self.return_piece(&mut state, *block, piece) {
+                Some(whole) => {
+                    merged = whole;
+                    &merged
                 }
+                None => return,
+            },
+            Some(markers) => {
+                state.pending.push(PendingBlock {
+                    block: *block,
+                    piece,
+                    markers,
+                    home: self,
+                });
+                return;
             }
-            Some(markers) => state.pending.push(PendingBlock { block, piece, markers }),
+        };
+        // Idle bytes are counted under the shard lock (as `set_cache_limit` recounts
+        // them); the limit is enforced after unlocking, through a reference of its own
+        // taken only when a limit is set, since `self` moves into the free list.
+        let enforce = self
+            .shared
+            .note_idle_change(whole.size as i64)
+            .then(|| self.shared.clone());
+        Self::push_free(&mut state, whole, self);
+        drop(state);
+        if let Some(shared) = enforce {
+            shared.enforce_cache_limit();
         }
     }
 
@@ -384,10 +478,10 @@ impl<N: NativeMemory> Shard<N> {
         Some(markers)
     }
 
-    pub(crate) fn push_free(state: &mut ShardState<N>, block: NativeBlock) {
+    pub(crate) fn push_free(state: &mut ShardState<N>, block: &NativeBlock, home: Arc<Shard<N>>) {
         state.clock += 1;
         let returned_at = state.clock;
-        state.free.push(CachedBlock { block, returned_at });
+        state.free.push(block, returned_at, home);
         state.counters.cached_bytes += block.size;
         state.counters.cached_count += 1;
     }
@@ -412,9 +506,11 @@ impl<N: NativeMemory> Shard<N> {
                 } else {
                     Some(pending.block)
                 };
+                // When the piece stays in its segment, its reference is dropped here,
+                // under the lock: never the last, as the caller holds one.
                 if let Some(whole) = whole {
                     released += whole.size as i64;
-                    Self::push_free(state, whole);
+                    Self::push_free(state, &whole, pending.home);
                 }
             } else {
                 index += 1;
@@ -431,15 +527,17 @@ impl<N: NativeMemory> Shard<N> {
     fn orphan(&self) {
         let mut state = self.state.lock();
         state.orphaned = true;
-        let cached: Vec<CachedBlock> = state.free.drain_all().collect();
+        // Dropping these breaks the cycle of idle blocks holding their shard; done after
+        // unlocking, and never the last reference, since the stream's cache holds one.
+        let cached: Vec<(NativeBlock, Arc<Shard<N>>)> = state.free.drain_all().collect();
         let pending: Vec<PendingBlock<N>> = state.pending.drain(..).collect();
-        let idle: u64 = cached.iter().map(|c| c.block.size).sum();
+        let idle: u64 = cached.iter().map(|(block, _)| block.size).sum();
         // Idle pieces stay: their native allocations are freed when the last live piece
         // of each comes back.
         state.counters.cached_bytes -= idle;
         state.counters.cached_count -= cached.len() as u64;
         drop(state);
-        let blocks: Vec<NativeBlock> = cached.iter().map(|c| c.block).collect();
+        let blocks: Vec<NativeBlock> = cached.iter().map(|&(block, _)| block).collect();
         self.shared.note_idle_change(-(idle as i64));
         self.shared.release_blocks(&blocks, Some(&self.stream));
         for p in pending {
@@ -450,8 +548,16 @@ impl<N: NativeMemory> Shard<N> {
 
 impl<N: NativeMemory> Drop for Shard<N> {
     fn drop(&mut self) {
-        let c = &self.state.get_mut().counters;
-        self.shared.retire(c.hits, c.misses, c.peak_live_bytes);
+        let old = {
+            let mut state = self.state.lock();
+            let c = &state.counters;
+            self.shared.retire(c.hits, c.misses, c.peak_live_bytes);
+            std::mem::replace(&mut *state, ShardState::new())
+        };
+        // Every idle or pending block held a reference to this shard, so none is left in
+        // `old`; it is dropped before the state is handed on.
+        drop(old);
+        spare_states::give(self.state);
     }
 }
 
