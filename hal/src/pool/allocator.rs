@@ -6,12 +6,12 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::buffer::Buffer;
+use super::buffer::{Buffer, Owner};
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
 use super::spare_states;
 use super::split::WHOLE;
-use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache};
+use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache, Taken};
 use crate::error::{Error, Result};
 use crate::stats::MemoryStats;
 use crate::trace::{TraceEvent, TraceRecorder};
@@ -278,21 +278,31 @@ impl<N: NativeMemory> PoolShared<N> {
         let rounded = rounded_size(len);
         // A hit brings the reference to the shard the buffer holds along with the block;
         // only a block new to the cache needs a new one.
-        let mut buffer = match shard.take_cached(rounded, kind, len) {
-            Some(buffer) => buffer,
+        let taken = match shard.take_cached(rounded, kind, len) {
+            Some(taken) => taken,
             None => {
                 let block = this.allocate_native(shard, rounded, kind, len)?;
                 shard.note_miss(rounded, len);
-                Buffer::from_stream(shard.clone(), block, WHOLE, len)
+                Taken::new(&block, WHOLE, shard.clone())
             }
         };
+        let block = taken.block();
         if N::CHECKS_LIFETIMES {
-            this.native.on_handed_out(&buffer.block, len, shard.id);
+            this.native.on_handed_out(&block, len, shard.id);
         }
-        if this.tracing.load(Ordering::Relaxed) {
-            buffer.trace_id = this.trace_alloc(len, shard.id);
-        }
-        Ok(buffer)
+        let trace_id = if this.tracing.load(Ordering::Relaxed) {
+            this.trace_alloc(len, shard.id)
+        } else {
+            0
+        };
+        Ok(Buffer {
+            owner: Owner::Stream(taken.home),
+            block,
+            piece: taken.piece,
+            len,
+            uses: Mutex::new(Vec::new()),
+            trace_id,
+        })
     }
 
     /// The miss path: limit check, budget release, native call, OOM release and retry.

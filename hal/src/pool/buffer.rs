@@ -55,21 +55,6 @@ impl<N: NativeMemory> Buffer<N> {
         }
     }
 
-    /// A buffer of `len` bytes in `block`, returning to `home`'s cache; not traced.
-    /// The caching pool builds it where it takes the block, so that the block is not
-    /// moved through a returned tuple first (which compiled to stalling partial copies).
-    #[inline]
-    pub(crate) fn from_stream(home: Arc<Shard<N>>, block: NativeBlock, piece: PieceId, len: u64) -> Self {
-        Buffer {
-            owner: Owner::Stream(home),
-            block,
-            piece,
-            len,
-            uses: Mutex::new(Vec::new()),
-            trace_id: 0,
-        }
-    }
-
     /// Length in bytes, as requested.
     pub fn len(&self) -> u64 {
         self.len

@@ -156,6 +156,48 @@ impl<N: NativeMemory> CachedBlock<N> {
     }
 }
 
+/// A block taken from the cache for a new buffer, with the reference to the shard that
+/// the buffer will hold.
+///
+/// Scalars rather than a `NativeBlock`: moving a block's padding bytes through the hit
+/// path's return value compiled to partial copies that stalled on store forwarding.
+pub(crate) struct Taken<N: NativeMemory> {
+    address: u64,
+    size: u64,
+    native: u64,
+    native_offset: u64,
+    kind: MemoryKind,
+    pub(crate) piece: PieceId,
+    pub(crate) home: Arc<Shard<N>>,
+}
+
+impl<N: NativeMemory> Taken<N> {
+    #[inline]
+    pub(crate) fn new(block: &NativeBlock, piece: PieceId, home: Arc<Shard<N>>) -> Self {
+        Taken {
+            address: block.address,
+            size: block.size,
+            native: block.native,
+            native_offset: block.native_offset,
+            kind: block.kind,
+            piece,
+            home,
+        }
+    }
+
+    /// The block taken.
+    #[inline]
+    pub(crate) fn block(&self) -> NativeBlock {
+        NativeBlock {
+            address: self.address,
+            size: self.size,
+            kind: self.kind,
+            native: self.native,
+            native_offset: self.native_offset,
+        }
+    }
+}
+
 /// A block freed while other streams may still be using it.
 pub(crate) struct PendingBlock<N: NativeMemory> {
     pub(crate) block: NativeBlock,
@@ -237,10 +279,10 @@ impl<N: NativeMemory> Shard<N> {
     /// The hit path: an idle block of this class and kind, or failing that of one of the
     /// next few classes up (wasting at most [`NEAR_FIT_STEPS`] steps of rounding rather
     /// than reserving more memory), or failing that a piece cut from the smallest larger
-    /// idle block. Returns it as a buffer of `len` bytes, holding the block's reference to
-    /// this shard (see [`Shard`]).
+    /// idle block. Returns it with the block's reference to this shard, which the buffer
+    /// will hold (see [`Shard`]).
     #[inline(always)]
-    pub(crate) fn take_cached(self: &Arc<Self>, rounded: u64, kind: MemoryKind, len: u64) -> Option<Buffer<N>> {
+    pub(crate) fn take_cached(self: &Arc<Self>, rounded: u64, kind: MemoryKind, len: u64) -> Option<Taken<N>> {
         let class = class_index(rounded);
         let mut state = self.state.lock();
         let mut found = Self::pop_fit(&mut state.free, class, kind);
@@ -253,7 +295,7 @@ impl<N: NativeMemory> Shard<N> {
             let c = &mut state.counters;
             c.hits += 1;
             Self::count_live(c, len, block.size);
-            return Some(Buffer::from_stream(home, block, piece, len));
+            return Some(Taken::new(&block, piece, home));
         };
         let block = found.block(kind);
         let home = found.home;
@@ -264,7 +306,7 @@ impl<N: NativeMemory> Shard<N> {
         Self::count_live(c, len, block.size);
         drop(state);
         self.shared.note_idle_change(-(block.size as i64));
-        Some(Buffer::from_stream(home, block, WHOLE, len))
+        Some(Taken::new(&block, WHOLE, home))
     }
 
     /// The split path (no idle block of the class or the few above it): the smallest
