@@ -260,10 +260,10 @@ impl<N: NativeMemory> ShardState<N> {
 /// will hold: the reference moves whole between free list and buffer, so a cache hit
 /// and its return move no reference count (two atomic read-modify-writes per pair
 /// saved); only a block new to the cache (a miss, a cut piece) clones one. The
-/// resulting cycle (idle blocks hold the shard that holds them) is broken by
-/// [`orphan`](Shard::orphan) when the stream's cache is dropped, and by eviction. The
-/// locked state lives in `'static` storage (see [`spare_states`](super::spare_states))
-/// so that a return can lock it while moving the reference into it.
+/// resulting cycle (idle blocks hold the shard that holds them) is broken by `orphan`
+/// when the stream's cache is dropped, and by eviction. The locked state lives in
+/// `'static` storage (see `pool/spare_states.rs`) so that a return can lock it while
+/// moving the reference into it.
 pub struct Shard<N: NativeMemory> {
     pub(crate) shared: Arc<PoolShared<N>>,
     pub(crate) stream: N::Stream,
@@ -671,5 +671,56 @@ impl<N: NativeMemory> StreamCache<N> {
 impl<N: NativeMemory> Drop for StreamCache<N> {
     fn drop(&mut self) {
         self.base.orphan();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::pool::{CachingAllocator, CountingMemory, CountingStream, PoolConfig};
+    use crate::types::{MemoryKind, StreamId};
+
+    /// Idle blocks hold their shard (the reference a hit hands to the buffer); dropping
+    /// the stream's cache must break that cycle, and a buffer still live must keep the
+    /// shard until it returns.
+    #[test]
+    fn a_shard_goes_with_its_stream_and_last_buffer_despite_idle_blocks_holding_it() {
+        let allocator = CachingAllocator::new(CountingMemory::new(1 << 40));
+        let cache = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
+        let shard = Arc::downgrade(cache.base());
+        drop(cache.allocate(512, MemoryKind::Device));
+        let hit = cache.allocate(512, MemoryKind::Device);
+        drop(cache.allocate(4096, MemoryKind::Device));
+        // One idle block (4 KiB) and one live buffer, each holding the shard.
+        assert_eq!(Arc::strong_count(cache.base()), 3);
+        drop(cache);
+        assert!(shard.upgrade().is_some(), "a live buffer keeps its shard");
+        drop(hit);
+        assert!(shard.upgrade().is_none(), "the shard outlived its stream and buffers");
+        let stats = allocator.stats();
+        assert_eq!(stats.reserved_bytes, 0);
+        assert_eq!(stats.cache_hits, 1);
+        assert_eq!(stats.cache_misses, 2);
+    }
+
+    /// Eviction drops the idle blocks' references; the shard stays for its stream.
+    #[test]
+    fn trim_releases_the_references_idle_blocks_held() {
+        // No reserve budget: the misses below must not release the blocks idle before.
+        let config = PoolConfig {
+            reserve_slack: f64::INFINITY,
+            ..PoolConfig::default()
+        };
+        let allocator = CachingAllocator::with_config(CountingMemory::new(1 << 40), config);
+        let cache = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
+        for size in [512, 4096, 1 << 20] {
+            drop(cache.allocate(size, MemoryKind::Device));
+        }
+        assert_eq!(Arc::strong_count(cache.base()), 4);
+        assert!(allocator.trim() > 0);
+        assert_eq!(Arc::strong_count(cache.base()), 1);
+        drop(cache.allocate(512, MemoryKind::Device));
+        assert_eq!(allocator.stats().cache_misses, 4);
     }
 }
