@@ -27,20 +27,11 @@ use crate::VulkanBackend;
 /// (case-insensitive) are counted by [`VulkanDevice::open`]'s ordinal.
 pub const DEVICE_FILTER_ENV: &str = "GPUHAL_VULKAN_DEVICE";
 
-/// The Vulkan loader library, loaded once and kept for the life of the process.
-///
-/// Loading it per device and unloading it with the last one unloads the driver too, and
-/// NVIDIA's driver does not survive that: on an H200 (driver 580, EGL ICD) every case
-/// passed and the process then died with SIGSEGV at exit. Drivers expect to stay mapped
-/// until the process ends, as they do under every application that links the loader.
+/// Loads the Vulkan loader library.
 fn load_entry() -> Result<ash::Entry> {
-    static ENTRY: OnceLock<std::result::Result<ash::Entry, String>> = OnceLock::new();
-    let loaded = ENTRY.get_or_init(|| {
-        // SAFETY: loading the system Vulkan loader runs its initialisers; it is the
-        // library this crate is written against, and the static keeps it loaded.
-        unsafe { ash::Entry::load() }.map_err(|err| err.to_string())
-    });
-    loaded.clone().map_err(|err| {
+    // SAFETY: loading the system Vulkan loader runs its initialisers; it is the library
+    // this crate is written against, and `Entry` keeps it loaded while in use.
+    unsafe { ash::Entry::load() }.map_err(|err| {
         Error::native(
             format!(
                 "loading the Vulkan loader (libvulkan.so.1) failed: {err}; install a Vulkan loader \
