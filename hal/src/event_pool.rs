@@ -25,11 +25,11 @@
 //!   empty would only allow behind a lock or an atomic of its own, costing what it saves.
 //!   The acquisition count lives under the flavour's list lock, taken anyway.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use crate::hot_lock::HotLock;
+use crate::spare;
 
 use crate::error::Result;
 use crate::stats::EventStats;
@@ -68,31 +68,11 @@ struct Lists<F: NativeEvents> {
     idle: [HotLock<IdleList<F>>; 2],
 }
 
-/// Idle lists of freed pools, of any backend, for the next pools to reuse.
-static SPARE_LISTS: Mutex<Vec<&'static (dyn Any + Send + Sync)>> = Mutex::new(Vec::new());
-
 impl<F: NativeEvents> Lists<F> {
     /// Open, empty lists: spare ones of this backend if any, new ones otherwise.
     fn take() -> &'static Lists<F> {
-        let spare = {
-            // A panic elsewhere while holding the lock leaves the vector intact.
-            let mut spares = SPARE_LISTS.lock().unwrap_or_else(PoisonError::into_inner);
-            spares
-                .iter()
-                .position(|lists| lists.downcast_ref::<Lists<F>>().is_some())
-                .map(|index| spares.swap_remove(index))
-                .and_then(|lists| lists.downcast_ref::<Lists<F>>())
-        };
-        match spare {
-            Some(lists) => {
-                for list in &lists.idle {
-                    let mut list = list.lock();
-                    list.acquired = 0;
-                    list.open = true;
-                }
-                lists
-            }
-            None => Box::leak(Box::new(Lists {
+        spare::take(
+            || Lists {
                 idle: [(); 2].map(|_| {
                     HotLock::new(IdleList {
                         events: Vec::new(),
@@ -100,8 +80,15 @@ impl<F: NativeEvents> Lists<F> {
                         open: true,
                     })
                 }),
-            })),
-        }
+            },
+            |lists| {
+                for list in &lists.idle {
+                    let mut list = list.lock();
+                    list.acquired = 0;
+                    list.open = true;
+                }
+            },
+        )
     }
 }
 
@@ -148,10 +135,7 @@ impl<F: NativeEvents> Drop for Core<F> {
     fn drop(&mut self) {
         // The lists are closed and empty: an idle event would hold this core. Their
         // vectors' memory went with the drain.
-        SPARE_LISTS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(self.lists);
+        spare::give(self.lists);
     }
 }
 

@@ -25,6 +25,7 @@ mod error;
 pub mod event_pool;
 mod hot_lock;
 pub mod pool;
+mod spare;
 mod stats;
 pub mod trace;
 mod types;

@@ -9,10 +9,10 @@ use parking_lot::Mutex;
 use super::buffer::{Buffer, Owner};
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::{rounded_size, MAX_REQUEST};
-use super::spare_states;
 use super::split::WHOLE;
 use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache, Taken};
 use crate::error::{Error, Result};
+use crate::spare;
 use crate::stats::MemoryStats;
 use crate::trace::{TraceEvent, TraceRecorder};
 use crate::types::{DeviceId, MemoryKind, StreamId};
@@ -155,7 +155,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
             shared: self.shared.clone(),
             stream,
             id,
-            state: spare_states::take(|| ShardLock::new(ShardState::new())),
+            state: spare::take(|| ShardLock::new(ShardState::new()), |_| {}),
         });
         let mut global = self.shared.global.lock();
         global.shards.retain(|w| w.strong_count() > 0);

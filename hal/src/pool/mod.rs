@@ -13,7 +13,6 @@ mod counting;
 mod graph_pool;
 mod native;
 pub mod size_class;
-mod spare_states;
 mod split;
 mod stream_cache;
 

@@ -14,8 +14,8 @@ use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
 use super::native::{NativeBlock, NativeMemory};
 use super::size_class::class_index;
-use super::spare_states;
 use super::split::{may_serve, splits, PieceId, SplitBlocks, MIN_REMAINDER, WHOLE};
+use crate::spare;
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
 /// Size classes above the requested one that an idle block may come from.
@@ -262,7 +262,7 @@ impl<N: NativeMemory> ShardState<N> {
 /// saved); only a block new to the cache (a miss, a cut piece) clones one. The
 /// resulting cycle (idle blocks hold the shard that holds them) is broken by `orphan`
 /// when the stream's cache is dropped, and by eviction. The locked state lives in
-/// `'static` storage (see `pool/spare_states.rs`) so that a return can lock it while
+/// `'static` storage (see `spare.rs`) so that a return can lock it while
 /// moving the reference into it.
 pub struct Shard<N: NativeMemory> {
     pub(crate) shared: Arc<PoolShared<N>>,
@@ -599,7 +599,7 @@ impl<N: NativeMemory> Drop for Shard<N> {
         // Every idle or pending block held a reference to this shard, so none is left in
         // `old`; it is dropped before the state is handed on.
         drop(old);
-        spare_states::give(self.state);
+        spare::give(self.state);
     }
 }
 
