@@ -16,10 +16,7 @@ use crate::{BENCH_BIN, BENCH_PACKAGE, CONFORMANCE_BIN, CONFORMANCE_PACKAGE};
 
 const CUDA_PACKAGE: &str = "gpuhal-cuda";
 /// Libraries the Vulkan run needs that GPU hosts often lack, and what each is.
-const VULKAN_SHIPPED: [(&str, &str); 2] = [
-    ("libvulkan.so.1", "the Vulkan loader"),
-    ("libGLdispatch.so.0", "GL dispatch, needed by NVIDIA's Vulkan driver"),
-];
+const VULKAN_SHIPPED: [(&str, &str); 1] = [("libvulkan.so.1", "the Vulkan loader")];
 /// The allocation trace the repository ships (a GPT-2 training run).
 const TRACE: &str = "traces/gpt2_train.jsonl.gz";
 
@@ -106,9 +103,7 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
     }
 
     // GPU hosts (containers especially) often have NVIDIA's Vulkan driver but not the
-    // loader, nor the GL vendor-neutral dispatch library that NVIDIA's ICD
-    // (libGLX_nvidia.so.0) links against; without the latter, instance creation fails with
-    // VK_ERROR_INCOMPATIBLE_DRIVER. run.sh uses these copies only for what the host lacks.
+    // loader; run.sh uses the copy only when the host lacks it.
     for (library, why) in VULKAN_SHIPPED {
         match crate::vulkan::find_library(library) {
             Some(found) => {
@@ -119,7 +114,7 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
             }
             None => eprintln!(
                 "xtask: no {library} ({why}) on this machine to ship; the GPU host will need its own \
-                 (Debian/Ubuntu: libvulkan1 and libglvnd0)"
+                 (Debian/Ubuntu: libvulkan1)"
             ),
         }
     }
@@ -237,7 +232,7 @@ vulkan_env=()
 # host's own copies of the rest still win.
 shipped_dir=""
 tab=$(printf '\t')
-for library in libvulkan.so.1 libGLdispatch.so.0; do
+for library in libvulkan.so.1; do
     # ldconfig -p lines start with a tab: "<tab>libvulkan.so.1 (libc6,x86-64) => /path".
     if ! ldconfig -p 2>/dev/null | grep -qF "$tab$library (" && [ -f "$bundle/lib/$library" ]; then
         echo "Vulkan: $library is not installed on this host; using the bundle's copy"
