@@ -403,34 +403,45 @@ impl<N: NativeMemory> PoolShared<N> {
         }
         // Oldest first across every free list: each list is ordered by return time, so a
         // merge over the list heads finds the oldest blocks without sorting them all, and
-        // what is taken from one list is always a prefix of it.
-        let mut heads = std::collections::BinaryHeap::new();
+        // what is taken from one list is always a prefix of it. The heap is built in one
+        // go (linear) and each entry carries the index of its list's count in `counts`,
+        // so no map is needed: this runs on every miss over the reserve budget.
+        let mut heads = Vec::new();
         for (index, state) in states.iter().enumerate() {
             for (slot, list) in state.free.lists() {
                 heads.push(std::cmp::Reverse((list[0].returned_at, index, slot, 0usize)));
             }
         }
+        let mut heads = std::collections::BinaryHeap::from(heads);
         let mut released = 0u64;
-        let mut counts: std::collections::HashMap<(usize, usize), usize> = Default::default();
+        // (shard index, slot, blocks to take from the front of that list).
+        let mut counts: Vec<(usize, usize, usize)> = Vec::new();
         while released < bytes {
             let Some(std::cmp::Reverse((_, index, slot, position))) = heads.pop() else {
                 break;
             };
             let list = states[index].free.list(slot);
             released += list[position].size;
-            *counts.entry((index, slot)).or_default() += 1;
+            // A list's blocks come off in order: its first pop opens its entry, and only
+            // later pops (rare: few blocks go per call) search for it.
+            if position == 0 {
+                counts.push((index, slot, 1));
+            } else if let Some(entry) = counts.iter_mut().rev().find(|e| e.0 == index && e.1 == slot) {
+                entry.2 += 1;
+            }
             if let Some(next) = list.get(position + 1) {
                 heads.push(std::cmp::Reverse((next.returned_at, index, slot, position + 1)));
             }
         }
         let mut taken: Vec<Vec<NativeBlock>> = vec![Vec::new(); shards.len()];
-        for ((index, slot), count) in counts {
-            let state = &mut states[index];
+        for (index, slot, count) in counts {
+            // Through the guard once, so the free lists and the counters borrow apart.
+            let state: &mut ShardState<N> = &mut states[index];
             // The blocks' references to their shard are dropped here, under the locks:
             // never the last, as `shards` holds one of each.
             let kind = FreeLists::<N>::kind_of(slot);
-            let blocks: Vec<NativeBlock> = state.free.take_oldest(slot, count).map(|c| c.block(kind)).collect();
-            for block in blocks {
+            for cached in state.free.take_oldest(slot, count) {
+                let block = cached.block(kind);
                 state.counters.cached_bytes -= block.size;
                 state.counters.cached_count -= 1;
                 taken[index].push(block);

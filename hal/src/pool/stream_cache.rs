@@ -101,9 +101,27 @@ impl<N: NativeMemory> FreeLists<N> {
         None
     }
 
-    /// Every list, by slot; each list is ordered by return time, oldest first.
+    /// Every non-empty list, by slot; each list is ordered by return time, oldest first.
+    ///
+    /// Walks the occupancy bitmap rather than every list: there are thousands of slots
+    /// (every class of every kind) and few hold blocks, and eviction runs this on every
+    /// miss that goes over the reserve budget. A non-empty list always has its bit set.
     pub(crate) fn lists(&self) -> impl Iterator<Item = (usize, &Vec<CachedBlock<N>>)> {
-        self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty())
+        self.maybe_occupied
+            .iter()
+            .enumerate()
+            .flat_map(|(word_index, &word)| {
+                let mut bits = word;
+                std::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    Some(word_index * 64 + bit)
+                })
+            })
+            .filter_map(|slot| self.lists.get(slot).filter(|l| !l.is_empty()).map(|l| (slot, l)))
     }
 
     /// The blocks of one slot, oldest first.
