@@ -17,9 +17,12 @@
 //!
 //! Every operation is O(1) apart from a bitmap scan: pieces live in a slab and know their
 //! neighbours (a list in address order per segment) and their segment, a buffer carries
-//! its piece's id, and idle pieces sit in per-size-class buckets. A bucket holds sizes of
-//! one class, all at least the class's rounded size, so the first non-empty bucket at or
-//! above a request's class fits it (best fit to the class).
+//! its piece's id, and idle pieces sit in per-kind, per-size-class buckets. A bucket holds
+//! sizes of one class, all at least the class's rounded size, so the first non-empty
+//! bucket at or above a request's class fits it (best fit to the class). Nearly every
+//! request of a random-size workload comes this way, so the bitmap has a bit per class of
+//! one kind (dense words, no stride) and is kept exact (a bit is set exactly while its
+//! bucket is non-empty): the search is a word scan with nothing to re-check.
 
 use super::native::NativeBlock;
 use super::size_class::{class_index, MIN_BLOCK};
@@ -97,10 +100,19 @@ pub(crate) struct SplitBlocks {
     free_pieces: Vec<u32>,
     segments: Vec<Segment>,
     free_segments: Vec<u32>,
-    /// Idle piece ids by `class_index(size) * 3 + kind`.
-    buckets: Vec<Vec<u32>>,
-    /// A bit per bucket, set while it may be non-empty (cleared lazily by the search).
-    occupied: Vec<u64>,
+    /// Idle piece ids by kind (`MemoryKind::index`), then by `class_index(size)`.
+    buckets: [Vec<Vec<u32>>; KINDS],
+    /// By kind, a bit per class, set exactly while that class's bucket is non-empty.
+    occupied: [Vec<u64>; KINDS],
+}
+
+const KINDS: usize = MemoryKind::ALL.len();
+
+/// An idle piece [`SplitBlocks::best_fit`] found: its bucket's class and its size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fit {
+    pub(crate) class: usize,
+    pub(crate) size: u64,
 }
 
 /// What returning a piece did.
@@ -113,53 +125,49 @@ pub(crate) struct Returned {
 }
 
 impl SplitBlocks {
-    fn bucket_of(size: u64, kind: MemoryKind) -> usize {
-        class_index(size) * MemoryKind::ALL.len() + kind.index()
-    }
-
-    /// The first non-empty bucket of `kind` at or above `class`.
-    fn first_bucket(&mut self, class: usize, kind: MemoryKind) -> Option<usize> {
-        let kinds = MemoryKind::ALL.len();
-        let mut slot = class * kinds + kind.index();
-        while slot < self.buckets.len() {
-            let word = self.occupied[slot / 64] >> (slot % 64);
-            if word == 0 {
-                slot = (slot / 64 + 1) * 64;
-                continue;
-            }
-            slot += word.trailing_zeros() as usize;
-            if slot >= self.buckets.len() {
-                break;
-            }
-            if slot % kinds == kind.index() {
-                if !self.buckets[slot].is_empty() {
-                    return Some(slot);
-                }
-                self.occupied[slot / 64] &= !(1 << (slot % 64));
-            }
-            slot += 1;
+    /// The class of the first non-empty bucket of `kind` at or above `class`.
+    fn first_bucket(&self, class: usize, kind: MemoryKind) -> Option<usize> {
+        let bits = &self.occupied[kind.index()];
+        let mut index = class / 64;
+        let mut word = *bits.get(index)? & (u64::MAX << (class % 64));
+        while word == 0 {
+            index += 1;
+            word = *bits.get(index)?;
         }
-        None
+        Some(index * 64 + word.trailing_zeros() as usize)
     }
 
-    /// Size of an idle piece of `kind` with at least `rounded` bytes (a rounded size)
-    /// from the smallest class that has one.
-    pub(crate) fn best_fit(&mut self, kind: MemoryKind, rounded: u64) -> Option<u64> {
-        let bucket = self.first_bucket(class_index(rounded), kind)?;
-        let &id = self.buckets[bucket].last()?;
-        Some(self.pieces[id as usize].block.size)
+    /// The idle piece of `kind` with at least `rounded` bytes (a rounded size) from the
+    /// smallest class that has one, for [`take_fit`](Self::take_fit).
+    pub(crate) fn best_fit(&self, kind: MemoryKind, rounded: u64) -> Option<Fit> {
+        let class = self.first_bucket(class_index(rounded), kind)?;
+        let &id = self.buckets[kind.index()].get(class)?.last()?;
+        Some(Fit {
+            class,
+            size: self.pieces[id as usize].block.size,
+        })
     }
 
-    /// Takes the piece [`best_fit`](Self::best_fit) finds out of the idle set (its bytes
-    /// stay in its segment, now busy).
-    pub(crate) fn take_best_fit(&mut self, kind: MemoryKind, rounded: u64) -> Option<(PieceId, NativeBlock)> {
-        let bucket = self.first_bucket(class_index(rounded), kind)?;
-        let id = self.buckets[bucket].pop()?;
+    /// Takes the piece [`best_fit`](Self::best_fit) found (in bucket `class` of `kind`,
+    /// nothing changed since) out of the idle set; its bytes stay in its segment, now busy.
+    pub(crate) fn take_fit(&mut self, kind: MemoryKind, class: usize) -> Option<(PieceId, NativeBlock)> {
+        let list = self.buckets[kind.index()].get_mut(class)?;
+        let id = list.pop()?;
+        if list.is_empty() {
+            self.occupied[kind.index()][class / 64] &= !(1 << (class % 64));
+        }
         let piece = &mut self.pieces[id as usize];
         piece.idle_at = NONE;
         let block = piece.block;
         self.segments[piece.segment as usize].idle -= block.size;
         Some((id, block))
+    }
+
+    /// [`best_fit`](Self::best_fit) and [`take_fit`](Self::take_fit) in one (for tests).
+    #[cfg(test)]
+    pub(crate) fn take_best_fit(&mut self, kind: MemoryKind, rounded: u64) -> Option<(PieceId, NativeBlock)> {
+        let fit = self.best_fit(kind, rounded)?;
+        self.take_fit(kind, fit.class)
     }
 
     /// Cuts `size` bytes off the front of `block` and hands them out; the rest stays idle
@@ -311,14 +319,15 @@ impl SplitBlocks {
     /// Puts piece `id` in the bucket of its size.
     fn make_idle(&mut self, id: PieceId) {
         let block = self.pieces[id as usize].block;
-        let bucket = Self::bucket_of(block.size, block.kind);
-        if bucket >= self.buckets.len() {
-            self.buckets.resize_with(bucket + 1, Vec::new);
-            self.occupied.resize(bucket / 64 + 1, 0);
+        let (kind, class) = (block.kind.index(), class_index(block.size));
+        let buckets = &mut self.buckets[kind];
+        if class >= buckets.len() {
+            buckets.resize_with(class + 1, Vec::new);
+            self.occupied[kind].resize(class / 64 + 1, 0);
         }
-        self.pieces[id as usize].idle_at = self.buckets[bucket].len() as u32;
-        self.buckets[bucket].push(id);
-        self.occupied[bucket / 64] |= 1 << (bucket % 64);
+        self.pieces[id as usize].idle_at = buckets[class].len() as u32;
+        buckets[class].push(id);
+        self.occupied[kind][class / 64] |= 1 << (class % 64);
     }
 
     /// Takes idle piece `id` out of its bucket.
@@ -326,18 +335,20 @@ impl SplitBlocks {
         let piece = &mut self.pieces[id as usize];
         let at = piece.idle_at as usize;
         piece.idle_at = NONE;
-        let bucket = Self::bucket_of(piece.block.size, piece.block.kind);
-        let list = &mut self.buckets[bucket];
+        let (kind, class) = (piece.block.kind.index(), class_index(piece.block.size));
+        let list = &mut self.buckets[kind][class];
         list.swap_remove(at);
         if let Some(&moved) = list.get(at) {
             self.pieces[moved as usize].idle_at = at as u32;
+        } else if list.is_empty() {
+            self.occupied[kind][class / 64] &= !(1 << (class % 64));
         }
     }
 
     /// Idle pieces (for tests).
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.buckets.iter().map(Vec::len).sum()
+        self.buckets.iter().flatten().map(Vec::len).sum()
     }
 }
 
@@ -363,15 +374,15 @@ mod tests {
             (piece.address, piece.size, piece.native, piece.native_offset),
             (1 << 20, 1024, 7, 64)
         );
-        assert_eq!(split.best_fit(MemoryKind::Device, 512), Some(7168));
-        assert_eq!(split.best_fit(MemoryKind::Device, 7680), None);
-        assert_eq!(split.best_fit(MemoryKind::Managed, 512), None);
+        assert_eq!(split.best_fit(MemoryKind::Device, 512).map(|f| f.size), Some(7168));
+        assert!(split.best_fit(MemoryKind::Device, 7680).is_none());
+        assert!(split.best_fit(MemoryKind::Managed, 512).is_none());
         let (id, second) = split.take_best_fit(MemoryKind::Device, 2048).unwrap();
         assert_eq!((second.address, second.size), ((1 << 20) + 1024, 7168));
         assert_eq!(second.native_offset, 64 + 1024, "offset inside the native allocation");
         let (_, third) = split.carve(second, id, 2048);
         assert_eq!((third.address, third.native_offset), ((1 << 20) + 1024, 64 + 1024));
-        assert_eq!(split.best_fit(MemoryKind::Device, 512), Some(5120));
+        assert_eq!(split.best_fit(MemoryKind::Device, 512).map(|f| f.size), Some(5120));
     }
 
     #[test]
@@ -387,7 +398,7 @@ mod tests {
         assert_eq!((back.merged, back.whole), (0, None));
         let back = split.give_back(c).unwrap();
         assert_eq!(back.merged, 2, "c merges with b before it and the idle tail after it");
-        assert_eq!(split.best_fit(MemoryKind::Device, 3072), Some(3072));
+        assert_eq!(split.best_fit(MemoryKind::Device, 3072).map(|f| f.size), Some(3072));
         assert_eq!(split.idle_count(), 1);
         assert!(split.give_back(c).is_none(), "c is idle (merged) already");
     }
@@ -405,7 +416,7 @@ mod tests {
         assert_eq!(back.whole, Some(whole), "the original block, not a piece");
         assert_eq!(back.merged, 2);
         assert_eq!(split.idle_count(), 0);
-        assert_eq!(split.best_fit(MemoryKind::Device, 512), None);
+        assert!(split.best_fit(MemoryKind::Device, 512).is_none());
         // Slots are reused.
         let (again, _) = split.carve(native(0x80000, 2048), WHOLE, 1024);
         assert!(again < 4 && split.segments.len() == 1);

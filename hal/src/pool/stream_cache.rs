@@ -345,16 +345,16 @@ impl<N: NativeMemory> Shard<N> {
         // Classes up to `class + NEAR_FIT_STEPS` were just found empty of whole blocks,
         // so a piece from those classes is smaller than any whole block: no need to look.
         let whole = match piece {
-            Some(size) if class_index(size) <= class + NEAR_FIT_STEPS => None,
+            Some(fit) if fit.class <= class + NEAR_FIT_STEPS => None,
             _ => state.free.smallest_from(class + NEAR_FIT_STEPS + 1, kind),
         };
         let c = &mut state.counters;
         let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
-        let piece = piece.filter(|&size| may_serve(size, rounded));
+        let piece = piece.filter(|fit| may_serve(fit.size, rounded));
         let (block, id, home) = match (whole, piece) {
             // Best fit: the smaller of the two candidates (a piece when they tie, so that
             // whole blocks stay whole).
-            (Some((whole_class, whole_size)), piece) if piece.is_none_or(|p| whole_size < p) => {
+            (Some((whole_class, whole_size)), piece) if piece.is_none_or(|p| whole_size < p.size) => {
                 let found = state.free.pop(whole_class, kind)?;
                 let block = found.block(kind);
                 let home = found.home;
@@ -363,8 +363,8 @@ impl<N: NativeMemory> Shard<N> {
                 self.shared.note_idle_change(-(block.size as i64));
                 (block, WHOLE, home)
             }
-            (_, Some(_)) => {
-                let (id, block) = state.split.take_best_fit(kind, rounded)?;
+            (_, Some(fit)) => {
+                let (id, block) = state.split.take_fit(kind, fit.class)?;
                 c.cached_bytes -= block.size;
                 c.cached_count -= 1;
                 c.split_idle_bytes -= block.size;
