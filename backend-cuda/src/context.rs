@@ -119,8 +119,7 @@ pub(crate) struct Context {
     small_ops: std::result::Result<SmallOpKernels, NativeError>,
 }
 
-// SAFETY: a CUDA context handle may be used from any thread; the driver synchronises
-// access internally, and this type only passes the handle to driver calls.
+// SAFETY: a context handle is usable from any thread (the driver locks internally); we only pass it to driver calls.
 unsafe impl Send for Context {}
 // SAFETY: as above: shared use only passes the handle to thread-safe driver calls.
 unsafe impl Sync for Context {}
@@ -139,25 +138,20 @@ impl Context {
         let device = raw::device_get(index).context(|| format!("getting CUDA device {ordinal}"))?;
         let raw = raw::primary_ctx_retain(device)
             .context(|| format!("retaining the primary context of CUDA device {ordinal}"))?;
-        let bound = Self::bind_raw(raw, ordinal);
+        if let Err(err) = Self::bind_raw(raw, ordinal) {
+            // The error worth reporting is the bind's.
+            let _ = raw::primary_ctx_release(device);
+            return Err(err);
+        }
         // Loaded once, at open: module loading is not allowed while a stream captures.
-        let small_ops = match &bound {
-            Ok(()) => SmallOpKernels::load(),
-            Err(_) => Err(NativeError {
-                call: "cuCtxSetCurrent",
-                code: -1,
-                name: "CONTEXT_NOT_CURRENT".into(),
-            }),
-        };
-        let ctx = Arc::new(Context {
+        let small_ops = SmallOpKernels::load();
+        Ok(Arc::new(Context {
             raw,
             device,
             ordinal,
             retired: Mutex::new(Vec::new()),
             small_ops,
-        });
-        bound?;
-        Ok(ctx)
+        }))
     }
 
     /// Makes the context current on the calling thread, if it is not already.

@@ -113,8 +113,7 @@ pub(crate) struct SmallOpKernels {
     copy: CUfunction,
 }
 
-// SAFETY: module and function handles may be used from any thread; they are only passed
-// to thread-safe driver calls.
+// SAFETY: module and function handles are usable from any thread; only thread-safe driver calls receive them.
 unsafe impl Send for SmallOpKernels {}
 // SAFETY: as above.
 unsafe impl Sync for SmallOpKernels {}

@@ -187,8 +187,7 @@ pub(crate) fn mem_alloc(size: u64) -> NativeResult<CUdeviceptr> {
 
 /// Frees a `mem_alloc` or `mem_alloc_managed` allocation.
 pub(crate) fn mem_free(dptr: CUdeviceptr) -> NativeResult<()> {
-    // SAFETY: `dptr` is an allocation the pool no longer hands out; the host never
-    // dereferences device or managed memory through Rust references.
+    // SAFETY: `dptr` is an allocation no longer handed out, never dereferenced through a Rust reference.
     check("cuMemFree", unsafe { sys::cuMemFree_v2(dptr) })
 }
 
@@ -218,8 +217,7 @@ pub(crate) fn mem_host_alloc(size: u64, flags: u32) -> NativeResult<u64> {
 
 /// Frees `mem_host_alloc` memory.
 pub(crate) fn mem_free_host(host: u64) -> NativeResult<()> {
-    // SAFETY: `host` came from `mem_host_alloc`; no Rust reference into it outlives its
-    // owner, which frees it once.
+    // SAFETY: `host` came from `mem_host_alloc`, freed once by its owner; no Rust reference into it outlives that.
     check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(host as *mut c_void) })
 }
 
@@ -238,8 +236,7 @@ pub(crate) fn mem_host_get_device_pointer(host: u64) -> NativeResult<CUdeviceptr
 /// The caller keeps the memory alive (it borrows it) and unregisters before the borrow
 /// ends; with `CU_MEMHOSTREGISTER_READ_ONLY` the device cannot write it.
 pub(crate) fn mem_host_register(host: u64, len: u64, flags: u32) -> NativeResult<()> {
-    // SAFETY: the range is host memory the caller borrows for as long as it stays
-    // registered; registration changes no bytes.
+    // SAFETY: the caller borrows the host range for as long as it stays registered; registering changes no bytes.
     check("cuMemHostRegister", unsafe {
         sys::cuMemHostRegister_v2(host as *mut c_void, len as usize, flags)
     })
@@ -363,8 +360,7 @@ pub(crate) fn stream_end_capture(stream: CUstream) -> NativeResult<CUgraph> {
 /// Copies `data` to device address `dst` in `stream` order and returns once the copy
 /// has completed (so `data` is no longer needed).
 pub(crate) fn memcpy_htod(dst: CUdeviceptr, data: &[u8], stream: CUstream) -> NativeResult<()> {
-    // SAFETY: `data` is borrowed for the whole call and the stream is synchronised before
-    // returning, so the driver never reads it after the borrow ends.
+    // SAFETY: `data` is borrowed for the call and the stream is synchronised before returning, so no read outlives it.
     check("cuMemcpyHtoDAsync", unsafe {
         sys::cuMemcpyHtoDAsync_v2(dst, data.as_ptr().cast(), data.len(), stream)
     })?;
@@ -374,8 +370,7 @@ pub(crate) fn memcpy_htod(dst: CUdeviceptr, data: &[u8], stream: CUstream) -> Na
 /// Copies from device address `src` into `out` after the stream's earlier work and
 /// returns once the copy has completed.
 pub(crate) fn memcpy_dtoh(out: &mut [u8], src: CUdeviceptr, stream: CUstream) -> NativeResult<()> {
-    // SAFETY: `out` is mutably borrowed for the whole call and the stream is synchronised
-    // before returning, so the driver never writes it after the borrow ends.
+    // SAFETY: `out` is borrowed for the call and the stream is synchronised before returning, so no write outlives it.
     check("cuMemcpyDtoHAsync", unsafe {
         sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), src, out.len(), stream)
     })?;
@@ -384,8 +379,7 @@ pub(crate) fn memcpy_dtoh(out: &mut [u8], src: CUdeviceptr, stream: CUstream) ->
 
 /// Device-to-device (unified addressing) copy in stream order.
 pub(crate) fn memcpy_async(dst: CUdeviceptr, src: CUdeviceptr, len: u64, stream: CUstream) -> NativeResult<()> {
-    // SAFETY: both ranges are device-accessible memory bounds-checked by the caller; no
-    // Rust reference aliases them.
+    // SAFETY: both ranges are device memory bounds-checked by the caller; no Rust reference aliases them.
     check("cuMemcpyAsync", unsafe {
         sys::cuMemcpyAsync(dst, src, len as usize, stream)
     })
@@ -403,8 +397,7 @@ pub(crate) fn memset_d8_async(dst: CUdeviceptr, value: u8, len: u64, stream: CUs
 /// of the current context).
 pub(crate) fn module_load_data(image: &std::ffi::CStr) -> NativeResult<CUmodule> {
     let mut module: CUmodule = ptr::null_mut();
-    // SAFETY: the out-pointer is a live local; `image` is NUL-terminated and outlives
-    // the call (the driver copies what it needs).
+    // SAFETY: the out-pointer is a live local; `image` is NUL-terminated and outlives the call (the driver copies it).
     check("cuModuleLoadData", unsafe {
         sys::cuModuleLoadData(&mut module, image.as_ptr().cast())
     })?;
@@ -436,9 +429,8 @@ pub(crate) fn launch_kernel(
     stream: CUstream,
     params: &mut [*mut c_void],
 ) -> NativeResult<()> {
-    // SAFETY: `function` is a live kernel of a loaded module; `params` points at live
-    // locals of the types the kernel declares, which the driver copies before returning;
-    // the device ranges they name were bounds-checked by the caller.
+    // `params` holds pointers to live locals of the types the kernel declares, copied by the driver before it returns.
+    // SAFETY: `function` is a live kernel; `params` is as above; the ranges it names were bounds-checked by the caller.
     check("cuLaunchKernel", unsafe {
         sys::cuLaunchKernel(
             function,
@@ -518,8 +510,7 @@ pub(crate) fn stream_wait_event(stream: CUstream, event: CUevent) -> NativeResul
 
 /// Enqueues a 64-bit write of `value` to device-accessible address `addr`.
 pub(crate) fn stream_write_value64(stream: CUstream, addr: CUdeviceptr, value: u64) -> NativeResult<()> {
-    // SAFETY: `addr` is the device address of a mapped host counter owned by a fence that
-    // the caller keeps alive; the write is an aligned 8-byte store.
+    // SAFETY: `addr` is the aligned device address of a mapped host counter whose fence the caller keeps alive.
     check("cuStreamWriteValue64", unsafe {
         sys::cuStreamWriteValue64_v2(stream, addr, value, 0)
     })
@@ -606,7 +597,6 @@ pub(crate) fn page_size() -> u64 {
 
 /// Whether the driver library can be loaded (no symbol is resolved).
 pub(crate) fn library_present() -> bool {
-    // SAFETY: loading the library runs its initialisers, which is what any use of the
-    // driver does first; no symbol is called.
+    // SAFETY: loading the library runs its initialisers, as any use of the driver does first; no symbol is called.
     unsafe { sys::is_culib_present() }
 }

@@ -13,29 +13,14 @@ use gpuhal_hal::{
     ManagedPolicy, MemoryKind, Stream,
 };
 
-/// The device under test, or `None` (after saying so) when the test must be skipped.
-fn device() -> Option<CudaDevice> {
-    let required = std::env::var("GPUHAL_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    if !driver_available() {
-        if required {
-            panic!(
-                "GPUHAL_REQUIRE_GPU=1 but no CUDA driver was found: {:?}",
-                CudaDevice::open(0).err()
-            );
-        }
-        eprintln!("skipped: no CUDA driver found");
-        return None;
+/// The device under test. Only GPU tests call it, and the harness runs those only where a
+/// driver was found or `GPUHAL_REQUIRE_GPU=1` demands one (see [`skip_reason`]), so a
+/// missing driver here is a failure, said plainly.
+fn device() -> CudaDevice {
+    match CudaDevice::open(0) {
+        Ok(device) => device,
+        Err(err) => panic!("GPUHAL_REQUIRE_GPU=1 or a driver was found, but CUDA device 0 did not open: {err}"),
     }
-    Some(CudaDevice::open(0).expect("opening CUDA device 0"))
-}
-
-macro_rules! gpu {
-    () => {
-        match device() {
-            Some(device) => device,
-            None => return,
-        }
-    };
 }
 
 fn open_without_driver_is_an_error_not_a_panic() {
@@ -54,7 +39,7 @@ fn open_without_driver_is_an_error_not_a_panic() {
 }
 
 fn gpu_device_reports_capabilities_from_attributes() {
-    let device = gpu!();
+    let device = device();
     let caps = device.capabilities();
     eprintln!(
         "{:?}\ndriver {:?}\n{:?}\n{caps:?}",
@@ -70,7 +55,7 @@ fn gpu_device_reports_capabilities_from_attributes() {
 }
 
 fn gpu_device_memory_round_trip_and_caching() {
-    let device = gpu!();
+    let device = device();
     let stream = device.create_stream().unwrap();
     for &len in &[1u64, 255, 4096, 1 << 20, (3 << 20) + 17] {
         let a = device.allocate(len, MemoryKind::Device, &stream).unwrap();
@@ -110,7 +95,7 @@ fn gpu_device_memory_round_trip_and_caching() {
 }
 
 fn gpu_small_fills_and_copies_go_through_kernels_and_stay_exact() {
-    let device = gpu!();
+    let device = device();
     assert!(
         device.small_op_kernels_error().is_none(),
         "the small-op kernels did not load: {:?}",
@@ -150,7 +135,7 @@ fn gpu_small_fills_and_copies_go_through_kernels_and_stay_exact() {
 }
 
 fn gpu_out_of_memory_is_an_error_with_stats() {
-    let device = gpu!();
+    let device = device();
     let stream = device.create_stream().unwrap();
     let huge = device.info().total_memory * 4;
     match device.allocate(huge, MemoryKind::Device, &stream) {
@@ -165,7 +150,7 @@ fn gpu_out_of_memory_is_an_error_with_stats() {
 }
 
 fn gpu_pinned_and_managed_memory() {
-    let device = gpu!();
+    let device = device();
     let stream = device.create_stream().unwrap();
     let pinned = device.allocate(1 << 16, MemoryKind::HostPinned, &stream).unwrap();
     stream.fill(&pinned, 0, 1 << 16, 9).unwrap();
@@ -222,7 +207,7 @@ fn gpu_pinned_and_managed_memory() {
 }
 
 fn gpu_events_pool_and_order_streams() {
-    let device = gpu!();
+    let device = device();
     let a = device.create_stream().unwrap();
     let b = device.create_stream().unwrap();
     let buffer = device.allocate(1 << 20, MemoryKind::Device, &a).unwrap();
@@ -271,7 +256,7 @@ fn gpu_events_pool_and_order_streams() {
 }
 
 fn gpu_fences_are_timelines() {
-    let device = gpu!();
+    let device = device();
     let fence = device.create_fence(0).unwrap();
     fence.signal(1).unwrap();
     fence.signal(1).unwrap();
@@ -336,7 +321,7 @@ fn gpu_fences_are_timelines() {
 }
 
 fn gpu_graphs_capture_replay_update() {
-    let device = gpu!();
+    let device = device();
     let s = device.create_stream().unwrap();
     let pool = device.graph_pool();
     let out = device.allocate(1 << 16, MemoryKind::Device, &s).unwrap();
@@ -407,7 +392,7 @@ fn gpu_graphs_capture_replay_update() {
 }
 
 fn gpu_graph_pool_is_shared_across_captures() {
-    let device = gpu!();
+    let device = device();
     let s = device.create_stream().unwrap();
     let pool = device.graph_pool();
     let mut graphs = Vec::new();
@@ -438,7 +423,7 @@ fn gpu_graph_pool_is_shared_across_captures() {
 }
 
 fn gpu_host_import_paths() {
-    let device = gpu!();
+    let device = device();
     let s = device.create_stream().unwrap();
     let caps = device.capabilities();
     let data: Vec<u8> = (0..(3 << 20) + 123).map(|i: u32| (i % 251) as u8).collect();
@@ -497,7 +482,7 @@ fn gpu_host_import_paths() {
 }
 
 fn gpu_works_from_other_threads() {
-    let device = gpu!();
+    let device = device();
     let device = &device;
     std::thread::scope(|scope| {
         for t in 0..4u8 {
@@ -527,7 +512,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// Costs of the paths that matter, printed for the record (medians of 1000 runs).
 fn gpu_timings() {
-    let device = gpu!();
+    let device = device();
     let s = device.create_stream().unwrap();
     let time = |f: &mut dyn FnMut()| {
         for _ in 0..100 {
@@ -576,7 +561,7 @@ fn gpu_timings() {
 /// Eight threads with their own streams repeat the same sizes: the caches must serve
 /// most of the requests.
 fn gpu_threads_with_repeated_sizes_hit_their_caches() {
-    let device = gpu!();
+    let device = device();
     let streams: Vec<_> = (0..8).map(|_| device.create_stream().unwrap()).collect();
     let before = device.memory_stats();
     std::thread::scope(|scope| {
@@ -612,7 +597,7 @@ fn gpu_threads_with_repeated_sizes_hit_their_caches() {
 /// read-only file mapping did not return within 30 s (with and without
 /// `CU_MEMHOSTREGISTER_READ_ONLY`). Run it with `--ignored` under a timeout.
 fn gpu_host_import_of_a_read_only_mmap() {
-    let device = gpu!();
+    let device = device();
     if !device.capabilities().contains(Capabilities::HOST_REGISTER) {
         eprintln!("skipped: no HOST_REGISTER");
         return;

@@ -41,8 +41,7 @@ struct RawStream(sys::CUstream);
 
 impl Drop for RawStream {
     fn drop(&mut self) {
-        // SAFETY: the stream was created by `stream::create` and is destroyed only here;
-        // nothing enqueued on it is still referenced (every baseline synchronizes).
+        // SAFETY: created by `stream::create`, destroyed only here, after every baseline synchronized its work.
         let _ = unsafe { result::stream::destroy(self.0) };
     }
 }
@@ -58,8 +57,7 @@ struct AsyncAllocation {
 
 impl Drop for AsyncAllocation {
     fn drop(&mut self) {
-        // SAFETY: `pointer` came from `malloc_async` on `stream`, which outlives every
-        // allocation of the churn baseline, and is freed only here.
+        // SAFETY: `pointer` came from `malloc_async` on `stream` (which outlives it) and is freed only here.
         if unsafe { result::free_async(self.pointer, self.stream) }.is_err() {
             FAILED_FREES.fetch_add(1, Ordering::Relaxed);
         }
@@ -78,8 +76,7 @@ impl SyncAllocation {
 
 impl Drop for SyncAllocation {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from `malloc_sync` and is freed only here, after the
-        // baselines synchronized the work that used it.
+        // SAFETY: from `malloc_sync`, freed only here, after the baselines synchronized the work that used it.
         let _ = unsafe { result::free_sync(self.0) };
     }
 }
@@ -216,8 +213,7 @@ impl Baselines {
     fn small_ops(&self, buffer: sys::CUdeviceptr) -> Result<()> {
         for op in 0..GRAPH_OPS {
             let at = buffer + (op * GRAPH_OP_BYTES) as u64;
-            // SAFETY: every range lies inside `buffer` (GRAPH_OPS × GRAPH_OP_BYTES bytes),
-            // which outlives the work; the stream is live.
+            // SAFETY: every range lies inside `buffer` (GRAPH_OPS × GRAPH_OP_BYTES), which outlives the work.
             unsafe {
                 if op % 2 == 0 {
                     driver(
@@ -302,8 +298,7 @@ impl Baselines {
                 self.synchronize()?;
                 let start = Instant::now();
                 for _ in 0..n {
-                    // SAFETY: both ranges are `size` bytes of live device memory that
-                    // outlive the synchronize below.
+                    // SAFETY: both ranges are `size` bytes of live device memory outliving the synchronize below.
                     driver("cuMemcpyDtoDAsync", unsafe {
                         result::memcpy_dtod_async(dst, src, size as usize, self.stream.0)
                     })?;
