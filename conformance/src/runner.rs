@@ -16,7 +16,8 @@ pub struct SuiteOptions {
     /// Run only cases whose `area/name` path contains this substring.
     pub filter: Option<String>,
     /// A case still running after this long is reported as failed (it may be deadlocked)
-    /// and left behind on its thread so the rest of the suite can run.
+    /// and left behind on its thread so the rest of the suite can run. Closing the case's
+    /// device, after it reports, gets the same allowance again.
     pub case_timeout: Duration,
 }
 
@@ -87,56 +88,104 @@ where
 
 /// Runs one case on its own thread, so a hang becomes a failure instead of stopping the
 /// suite. Returns the device's name (when it opened) and the outcome.
+///
+/// The case counts as finished only once its thread has closed every device it opened and
+/// ended. Otherwise the next case would open a device while the last one is still closing,
+/// and after the last case the process would exit while a driver is still tearing one down;
+/// NVIDIA's Vulkan driver crashes with SIGSEGV when that happens.
 fn run_one<B: Backend>(case: Case<B>, opener: Opener<B>, timeout: Duration) -> (Option<String>, Outcome) {
     let (sender, receiver) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("case {}", case.name))
-        .spawn(move || {
-            let device = match opener() {
-                Ok(device) => device,
-                Err(err) => {
-                    let _ = sender.send((None, Outcome::Failed(format!("could not open the device: {err}"))));
-                    return;
-                }
-            };
-            let device_name = Some(device.info().name.clone());
-            let missing = case.needs - device.capabilities();
-            if !missing.is_empty() {
-                let reason = format!("needs {}, which the device lacks", flag_names(missing));
-                let _ = sender.send((device_name, Outcome::Skipped(reason)));
-                return;
-            }
-            let context = Context::new(device, opener);
-            let outcome = match catch_unwind(AssertUnwindSafe(|| (case.run)(&context))) {
-                Ok(Ok(())) => Outcome::Passed,
-                Ok(Err(Failure::Failed(message))) => Outcome::Failed(message),
-                Ok(Err(Failure::Skipped(reason))) if reason.trim().is_empty() => {
-                    Outcome::Failed("the case skipped itself without giving a reason".to_string())
-                }
-                Ok(Err(Failure::Skipped(reason))) => Outcome::Skipped(reason),
-                Err(payload) => Outcome::Failed(format!("panicked: {}", panic_message(payload.as_ref()))),
-            };
-            // Dropping the device may itself panic or hang in a broken backend; report
-            // the case first so its result is not lost.
-            let _ = sender.send((device_name, outcome));
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(context)));
-        });
-    if let Err(err) = spawned {
-        return (
-            None,
-            Outcome::Failed(format!("could not start a thread for the case: {err}")),
-        );
-    }
-    match receiver.recv_timeout(timeout) {
+        .spawn(move || run_on_device(case, opener, &sender));
+    let thread = match spawned {
+        Ok(thread) => thread,
+        Err(err) => {
+            return (
+                None,
+                Outcome::Failed(format!("could not start a thread for the case: {err}")),
+            )
+        }
+    };
+    let (device_name, outcome) = match receiver.recv_timeout(timeout) {
         Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => (
-            None,
-            Outcome::Failed(format!("did not finish within {timeout:?} (deadlock or hang)")),
-        ),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return (
+                None,
+                Outcome::Failed(format!("did not finish within {timeout:?} (deadlock or hang)")),
+            )
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => (
             None,
             Outcome::Failed("the case's thread ended without a result (panic while opening the device?)".into()),
         ),
+    };
+    let teardown = wait_for_teardown(thread, timeout);
+    let outcome = match (outcome, teardown) {
+        (outcome, Ok(())) => outcome,
+        (Outcome::Failed(message), Err(problem)) => Outcome::Failed(format!("{message}; then {problem}")),
+        (Outcome::Passed, Err(problem)) => Outcome::Failed(format!("the case passed, but {problem}")),
+        (Outcome::Skipped(reason), Err(problem)) => {
+            Outcome::Failed(format!("the case skipped ({reason}), but {problem}"))
+        }
+    };
+    (device_name, outcome)
+}
+
+/// The body of a case's thread: opens the device, runs the case, sends the result, then
+/// closes the device (on every path, when this function returns).
+fn run_on_device<B: Backend>(case: Case<B>, opener: Opener<B>, sender: &mpsc::Sender<(Option<String>, Outcome)>) {
+    let device = match opener() {
+        Ok(device) => device,
+        Err(err) => {
+            let _ = sender.send((None, Outcome::Failed(format!("could not open the device: {err}"))));
+            return;
+        }
+    };
+    let device_name = Some(device.info().name.clone());
+    let missing = case.needs - device.capabilities();
+    if !missing.is_empty() {
+        let reason = format!("needs {}, which the device lacks", flag_names(missing));
+        let _ = sender.send((device_name, Outcome::Skipped(reason)));
+        return;
+    }
+    let context = Context::new(device, opener);
+    let outcome = match catch_unwind(AssertUnwindSafe(|| (case.run)(&context))) {
+        Ok(Ok(())) => Outcome::Passed,
+        Ok(Err(Failure::Failed(message))) => Outcome::Failed(message),
+        Ok(Err(Failure::Skipped(reason))) if reason.trim().is_empty() => {
+            Outcome::Failed("the case skipped itself without giving a reason".to_string())
+        }
+        Ok(Err(Failure::Skipped(reason))) => Outcome::Skipped(reason),
+        Err(payload) => Outcome::Failed(format!("panicked: {}", panic_message(payload.as_ref()))),
+    };
+    // Closing the device may itself panic or hang in a broken backend; report the case
+    // first so its result is not lost.
+    let _ = sender.send((device_name, outcome));
+}
+
+/// Waits up to `timeout` for a case's thread to end: its devices closed and its
+/// thread-locals (the driver's among them) destroyed. A thread still running then is left
+/// behind, as a hung case is.
+fn wait_for_teardown(thread: std::thread::JoinHandle<()>, timeout: Duration) -> Result<(), String> {
+    // `JoinHandle::is_finished` turns true before thread-local destructors run, and no
+    // join takes a timeout, so a second thread does the blocking join.
+    let (ended, wait) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("case teardown".to_string())
+        .spawn(move || {
+            let _ = ended.send(thread.join());
+        })
+        .map_err(|err| format!("could not start a thread to wait for its device to close: {err}"))?;
+    match wait.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(payload)) => Err(format!(
+            "closing its device panicked: {}",
+            panic_message(payload.as_ref())
+        )),
+        Err(_) => Err(format!(
+            "closing its device did not finish within {timeout:?} (deadlock or hang in teardown)"
+        )),
     }
 }
 

@@ -2,6 +2,7 @@
 //! panic, skip or need what the device lacks.
 #![cfg(feature = "mock")]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gpuhal_conformance::hal::Capabilities;
@@ -163,4 +164,72 @@ fn runner_reports_panics_skips_and_missing_capabilities() {
     assert!(matches!(outcome("fails"), Outcome::Failed(m) if m == "streams: expected 2, got 0"));
     assert!(matches!(outcome("hangs"), Outcome::Failed(m) if m.contains("did not finish")));
     assert_eq!((report.passed(), report.failed(), report.skipped()), (0, 4, 2));
+}
+
+/// Set by [`SlowTeardown`]'s drop, after a pause: proof that the case's thread ended.
+static SLOW_TEARDOWN_DONE: AtomicBool = AtomicBool::new(false);
+
+/// Stands for a device whose close takes a while: dropped when the case's thread ends.
+struct SlowTeardown(Duration);
+
+impl Drop for SlowTeardown {
+    fn drop(&mut self) {
+        std::thread::sleep(self.0);
+        SLOW_TEARDOWN_DONE.store(true, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    static TEARDOWN: std::cell::RefCell<Option<SlowTeardown>> = const { std::cell::RefCell::new(None) };
+}
+
+fn closes_slowly(_: &gpuhal_conformance::Context<MockBackend>) -> Result<(), Failure> {
+    TEARDOWN.with(|slot| *slot.borrow_mut() = Some(SlowTeardown(Duration::from_millis(300))));
+    Ok(())
+}
+
+fn never_closes(_: &gpuhal_conformance::Context<MockBackend>) -> Result<(), Failure> {
+    TEARDOWN.with(|slot| *slot.borrow_mut() = Some(SlowTeardown(Duration::from_secs(120))));
+    Ok(())
+}
+
+/// A case ends when its thread has closed everything, not when it reports: otherwise the
+/// process may exit (or the next case open a device) while a driver is still closing one.
+#[test]
+fn runner_waits_for_a_case_to_close_its_device() {
+    let cases = [Case::new(
+        "closes_slowly",
+        Area::Memory,
+        Capabilities::empty(),
+        closes_slowly as _,
+    )];
+    let report = run_cases(&cases, opener(Profile::Discrete), &SuiteOptions::default());
+    assert_eq!(report.results[0].outcome, Outcome::Passed);
+    assert!(
+        SLOW_TEARDOWN_DONE.load(Ordering::SeqCst),
+        "run_cases returned while the case's thread was still closing"
+    );
+    assert!(report.results[0].duration >= Duration::from_millis(300));
+}
+
+#[test]
+fn runner_fails_a_case_whose_teardown_hangs() {
+    let cases = [Case::new(
+        "never_closes",
+        Area::Memory,
+        Capabilities::empty(),
+        never_closes as _,
+    )];
+    let options = SuiteOptions {
+        filter: None,
+        case_timeout: Duration::from_millis(500),
+    };
+    let report = run_cases(&cases, opener(Profile::Discrete), &options);
+    match &report.results[0].outcome {
+        Outcome::Failed(message) => assert!(
+            message.starts_with("the case passed, but closing its device did not finish"),
+            "{message}"
+        ),
+        other => panic!("a case whose teardown hangs was reported as {other:?}"),
+    }
 }

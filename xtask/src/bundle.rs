@@ -15,6 +15,9 @@ use crate::cargo::{build_executables, cargo, require_features, require_target, w
 use crate::{BENCH_BIN, BENCH_PACKAGE, CONFORMANCE_BIN, CONFORMANCE_PACKAGE};
 
 const CUDA_PACKAGE: &str = "gpuhal-cuda";
+const VULKAN_PACKAGE: &str = "gpuhal-vulkan";
+/// The Vulkan crate's device tests (backend-vulkan/tests/vulkan.rs), run on NVIDIA's driver.
+const VULKAN_DEVICE_TESTS: &str = "vulkan";
 /// Libraries the Vulkan run needs that GPU hosts often lack, and what each is.
 const VULKAN_SHIPPED: [(&str, &str); 1] = [("libvulkan.so.1", "the Vulkan loader")];
 /// The allocation trace the repository ships (a GPT-2 training run).
@@ -90,6 +93,20 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         copy_executable(&artifact.executable, &bin.join(&name))?;
         test_names.push(name);
     }
+
+    // The Vulkan crate's device tests, so they run on NVIDIA's driver as well as lavapipe.
+    let vulkan_tests = build_executables(&mut cargo([
+        "test",
+        "--release",
+        "-p",
+        VULKAN_PACKAGE,
+        "--test",
+        VULKAN_DEVICE_TESTS,
+        "--no-run",
+    ]))?;
+    let vulkan_test_name = format!("gpuhal-vulkan-test-{VULKAN_DEVICE_TESTS}");
+    copy_one(&vulkan_tests, VULKAN_DEVICE_TESTS, &bin.join(&vulkan_test_name))?;
+    test_names.push(vulkan_test_name);
 
     // The vendored allocation trace, so the GPU run replays it through the CUDA allocator.
     let trace = workspace_root().join(TRACE);
@@ -258,13 +275,19 @@ if [ -n "$nvidia_icd" ] && grep -q 'libGLX_nvidia' "$nvidia_icd" \
 fi
 if [ -n "$nvidia_icd" ]; then
     echo "Vulkan: using $nvidia_icd"
-    step vulkan-conformance env "${vulkan_env[@]}" VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd" \
+    vulkan_env+=(VK_DRIVER_FILES="$nvidia_icd" VK_ICD_FILENAMES="$nvidia_icd")
+    step vulkan-conformance env "${vulkan_env[@]}" \
         "$bundle/bin/gpuhal-conformance" --backend vulkan --json "$results/vulkan-conformance.json"
 else
     echo "Vulkan: no NVIDIA ICD manifest (nvidia_icd.json) found; running on whatever driver the loader picks"
     step vulkan-conformance env "${vulkan_env[@]}" "$bundle/bin/gpuhal-conformance" --backend vulkan \
         --json "$results/vulkan-conformance.json"
 fi
+
+for test_binary in "$bundle"/bin/gpuhal-vulkan-test-*; do
+    [ -x "$test_binary" ] || continue
+    step "$(basename "$test_binary")" env "${vulkan_env[@]}" GPUHAL_REQUIRE_VULKAN=1 "$test_binary" --test-threads=1
+done
 
 # One thread: GPU tests share one device and its memory.
 for test_binary in "$bundle"/bin/gpuhal-cuda-test-*; do
