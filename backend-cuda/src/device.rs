@@ -182,7 +182,8 @@ impl CudaDevice {
     }
 
     /// Makes the device's context current on the calling thread (done by every gpuhal
-    /// call; useful before calling the driver directly).
+    /// call that needs a current context; event record, query and wait do not, since
+    /// their handles name it). Useful before calling the driver directly.
     pub fn bind(&self) -> Result<()> {
         self.ctx.bind()
     }

@@ -255,6 +255,102 @@ fn gpu_events_pool_and_order_streams() {
     assert!(never.elapsed(&end).is_err());
 }
 
+/// The context current on the calling thread, through the driver directly.
+fn current_context() -> cudarc::driver::sys::CUcontext {
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: `ctx` is a valid out-pointer for the duration of the call.
+    let status = unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut ctx) };
+    assert_eq!(status, cudarc::driver::sys::CUresult::CUDA_SUCCESS, "cuCtxGetCurrent");
+    ctx
+}
+
+/// Records, queries and waits for an event after a slow fill on `stream`, and checks it
+/// really waited for the fill.
+fn record_and_wait_after_a_fill(device: &CudaDevice, stream: &gpuhal_cuda::CudaStream, what: &str) {
+    let buffer = device.allocate(256 << 20, MemoryKind::Device, stream).unwrap();
+    let event = device.event(false).unwrap();
+    for value in 1..=8 {
+        stream.fill(&buffer, 0, 256 << 20, value).unwrap();
+    }
+    event
+        .record(stream)
+        .unwrap_or_else(|err| panic!("record with {what}: {err}"));
+    let _ = event
+        .is_complete()
+        .unwrap_or_else(|err| panic!("query with {what}: {err}"));
+    event
+        .synchronize()
+        .unwrap_or_else(|err| panic!("synchronize with {what}: {err}"));
+    assert!(event.is_complete().unwrap(), "{what}: complete after synchronize");
+    let mut tail = [0u8; 64];
+    // The read is stream-ordered too; it shows the fills the event covered finished.
+    stream.read(&buffer, (256 << 20) - 64, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 8), "{what}: the last fill landed");
+}
+
+/// Event record, query and wait go to the driver without making the device's context
+/// current first (each handle names its context): they must work on a thread where no
+/// context is current, and where another context is current, and leave that one current.
+fn gpu_events_need_no_current_context() {
+    let device = std::sync::Arc::new(device());
+    let stream = std::sync::Arc::new(device.create_stream().unwrap());
+    let (d, s) = (device.clone(), stream.clone());
+    std::thread::spawn(move || {
+        assert!(
+            current_context().is_null(),
+            "a new thread starts with no current context"
+        );
+        record_and_wait_after_a_fill(&d, &s, "no current context");
+    })
+    .join()
+    .unwrap();
+
+    let (d, s) = (device.clone(), stream.clone());
+    std::thread::spawn(move || {
+        let mut other = std::ptr::null_mut();
+        // SAFETY: `other` is a valid out-pointer; the new context is destroyed below.
+        let status = unsafe { cudarc::driver::sys::cuCtxCreate_v2(&mut other, 0, 0) };
+        assert_eq!(status, cudarc::driver::sys::CUresult::CUDA_SUCCESS, "cuCtxCreate");
+        assert_eq!(current_context(), other);
+        // Only the event calls are under test: allocate and fill bind the device's context.
+        let buffer = d.allocate(256 << 20, MemoryKind::Device, &s).unwrap();
+        for value in 1..=8 {
+            s.fill(&buffer, 0, 256 << 20, value).unwrap();
+        }
+        let event = d.event(false).unwrap();
+        // SAFETY: `other` was created above and is not in use by any other thread.
+        assert_eq!(
+            unsafe { cudarc::driver::sys::cuCtxSetCurrent(other) },
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS
+        );
+        event
+            .record(&s)
+            .unwrap_or_else(|err| panic!("record with another context current: {err}"));
+        let _ = event.is_complete().unwrap();
+        event.synchronize().unwrap();
+        assert!(event.is_complete().unwrap());
+        assert_eq!(
+            current_context(),
+            other,
+            "event calls left the caller's context current"
+        );
+        let mut tail = [0u8; 64];
+        s.read(&buffer, (256 << 20) - 64, &mut tail).unwrap();
+        assert!(
+            tail.iter().all(|&b| b == 8),
+            "another context current: the last fill landed"
+        );
+        drop(buffer);
+        // SAFETY: no object of `other` remains; it was created by this thread.
+        assert_eq!(
+            unsafe { cudarc::driver::sys::cuCtxDestroy_v2(other) },
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS
+        );
+    })
+    .join()
+    .unwrap();
+}
+
 fn gpu_fences_are_timelines() {
     let device = device();
     let fence = device.create_fence(0).unwrap();
@@ -676,6 +772,7 @@ fn main() -> std::process::ExitCode {
         ),
         gpu_test("gpu_pinned_and_managed_memory", gpu_pinned_and_managed_memory),
         gpu_test("gpu_events_pool_and_order_streams", gpu_events_pool_and_order_streams),
+        gpu_test("gpu_events_need_no_current_context", gpu_events_need_no_current_context),
         gpu_test("gpu_fences_are_timelines", gpu_fences_are_timelines),
         gpu_test("gpu_graphs_capture_replay_update", gpu_graphs_capture_replay_update),
         gpu_test(
