@@ -319,10 +319,8 @@ fn gpu_events_need_no_current_context() {
         }
         let event = d.event(false).unwrap();
         // SAFETY: `other` was created above and is not in use by any other thread.
-        assert_eq!(
-            unsafe { cudarc::driver::sys::cuCtxSetCurrent(other) },
-            cudarc::driver::sys::CUresult::CUDA_SUCCESS
-        );
+        let status = unsafe { cudarc::driver::sys::cuCtxSetCurrent(other) };
+        assert_eq!(status, cudarc::driver::sys::CUresult::CUDA_SUCCESS, "cuCtxSetCurrent");
         event
             .record(&s)
             .unwrap_or_else(|err| panic!("record with another context current: {err}"));
@@ -342,10 +340,8 @@ fn gpu_events_need_no_current_context() {
         );
         drop(buffer);
         // SAFETY: no object of `other` remains; it was created by this thread.
-        assert_eq!(
-            unsafe { cudarc::driver::sys::cuCtxDestroy_v2(other) },
-            cudarc::driver::sys::CUresult::CUDA_SUCCESS
-        );
+        let status = unsafe { cudarc::driver::sys::cuCtxDestroy_v2(other) };
+        assert_eq!(status, cudarc::driver::sys::CUresult::CUDA_SUCCESS, "cuCtxDestroy");
     })
     .join()
     .unwrap();

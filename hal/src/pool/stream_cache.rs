@@ -56,7 +56,7 @@ impl<N: NativeMemory> FreeLists<N> {
         self.lists.get_mut(Self::slot(class, kind))?.pop()
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, block: &NativeBlock, returned_at: u64, home: Arc<Shard<N>>) {
         let cached = CachedBlock {
             address: block.address,
@@ -68,11 +68,17 @@ impl<N: NativeMemory> FreeLists<N> {
         };
         let slot = Self::slot(class_index(block.size), block.kind);
         if slot >= self.lists.len() {
-            self.lists.resize_with(slot + 1, Vec::new);
-            self.maybe_occupied.resize(slot / 64 + 1, 0);
+            self.grow_to(slot);
         }
         self.lists[slot].push(cached);
         self.maybe_occupied[slot / 64] |= 1 << (slot % 64);
+    }
+
+    /// Makes room for `slot`: lists are grown on first use of a class, off the hot path.
+    #[cold]
+    fn grow_to(&mut self, slot: usize) {
+        self.lists.resize_with(slot + 1, Vec::new);
+        self.maybe_occupied.resize(slot / 64 + 1, 0);
     }
 
     /// The smallest class at or above `class` with an idle block of `kind`, and that
@@ -538,6 +544,7 @@ impl<N: NativeMemory> Shard<N> {
         Some(markers)
     }
 
+    #[inline(always)]
     pub(crate) fn push_free(state: &mut ShardState<N>, block: &NativeBlock, home: Arc<Shard<N>>) {
         state.clock += 1;
         let returned_at = state.clock;
