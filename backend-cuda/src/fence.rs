@@ -43,17 +43,14 @@ struct HostCounter {
     ctx: Arc<Context>,
 }
 
-// SAFETY: the counter is only accessed through atomic operations (host) and driver
-// stream memory operations (device); the allocation is owned and freed once.
+// SAFETY: the counter is only accessed through atomic operations (host) and driver stream memory operations (device); the allocation is owned and freed once.
 unsafe impl Send for HostCounter {}
 // SAFETY: as above.
 unsafe impl Sync for HostCounter {}
 
 impl HostCounter {
     fn atomic(&self) -> &AtomicU64 {
-        // SAFETY: `host` is a live, 8-byte, page-aligned page-locked allocation owned by
-        // `self` for its whole life; the device writes it with aligned 8-byte stores, and
-        // the host only through this atomic.
+        // SAFETY: `host` is a live, 8-byte, page-aligned page-locked allocation owned by `self` for its whole life; the device writes it with aligned 8-byte stores, and the host only through this atomic.
         unsafe { &*(self.host as *const AtomicU64) }
     }
 }

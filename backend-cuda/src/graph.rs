@@ -21,8 +21,7 @@ pub struct CudaGraph {
     device: DeviceId,
 }
 
-// SAFETY: graph handles may be used from any thread; gpuhal never mutates a captured
-// graph, only reads it (node count, instantiate, update source).
+// SAFETY: graph handles may be used from any thread; gpuhal never mutates a captured graph, only reads it (node count, instantiate, update source).
 unsafe impl Send for CudaGraph {}
 // SAFETY: as above.
 unsafe impl Sync for CudaGraph {}
@@ -106,8 +105,7 @@ pub struct CudaGraphExec {
     device: DeviceId,
 }
 
-// SAFETY: executable graph handles may be launched from any thread; `update` takes
-// `&mut self`, so it never races a launch through this handle.
+// SAFETY: executable graph handles may be launched from any thread; `update` takes `&mut self`, so it never races a launch through this handle.
 unsafe impl Send for CudaGraphExec {}
 // SAFETY: as above.
 unsafe impl Sync for CudaGraphExec {}

@@ -32,8 +32,7 @@ pub(crate) struct NativeAllocation {
     pub(crate) managed: Mutex<ManagedRangeInfo>,
 }
 
-// SAFETY: the backing is plain bytes owned by this value; its pointer is only
-// dereferenced through `Target`, whose ranges are bounds-checked, and freed once in Drop.
+// SAFETY: the backing is plain bytes owned by this value; its pointer is only dereferenced through `Target`, whose ranges are bounds-checked, and freed once in Drop.
 unsafe impl Send for Backing {}
 // SAFETY: as above; shared access only reads the pointer value.
 unsafe impl Sync for Backing {}
@@ -103,8 +102,7 @@ impl Backing {
     /// the device).
     #[cfg(unix)]
     fn map(len: usize) -> Option<Backing> {
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing
-        // touches no existing memory; failure is reported as MAP_FAILED and checked.
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no existing memory; failure is reported as MAP_FAILED and checked.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -139,8 +137,7 @@ impl Drop for Backing {
             #[cfg(unix)]
             Backing::Mapped { base, len } => {
                 // An unmap failure leaves the pages mapped: a leak, never unsoundness.
-                // SAFETY: `base..base + len` is a mapping made by `map` and unmapped only
-                // here; nothing references it once the allocation is dropped.
+                // SAFETY: `base..base + len` is a mapping made by `map` and unmapped only here; nothing references it once the allocation is dropped.
                 let _ = unsafe { libc::munmap(base.as_ptr().cast(), *len) };
             }
         }
@@ -173,8 +170,7 @@ pub(crate) struct ImportedHost {
     drained: Condvar,
 }
 
-// SAFETY: the pointer names host memory borrowed by a `HostImport` for its whole life;
-// it is read only through `Target`s, and the import waits for them before it ends.
+// SAFETY: the pointer names host memory borrowed by a `HostImport` for its whole life; it is read only through `Target`s, and the import waits for them before it ends.
 unsafe impl Send for ImportedHost {}
 // SAFETY: as above; shared access only reads the pointer value and the counter.
 unsafe impl Sync for ImportedHost {}
@@ -288,9 +284,7 @@ impl Target {
 pub(crate) fn copy(src: &Target, dst: &Target) {
     let Some(to) = dst.write_ptr() else { return };
     let len = src.len.min(dst.len);
-    // SAFETY: both ranges are in bounds of live memory for `len` bytes (Target's
-    // invariant); `ptr::copy` allows overlap. Device memory is plain bytes: concurrent
-    // unsynchronised use is what the race checker reports before it is enqueued.
+    // SAFETY: both ranges are in bounds of live memory for `len` bytes (Target's invariant); `ptr::copy` allows overlap. Device memory is plain bytes: concurrent unsynchronised use is what the race checker reports before it is enqueued.
     unsafe { std::ptr::copy(src.read_ptr(), to, len) }
 }
 
@@ -305,16 +299,14 @@ pub(crate) fn fill(dst: &Target, value: u8) {
 pub(crate) fn write(dst: &Target, data: &[u8]) {
     let Some(to) = dst.write_ptr() else { return };
     let len = data.len().min(dst.len);
-    // SAFETY: the destination is in bounds of live memory (Target's invariant) and
-    // cannot overlap `data`, which the operation owns.
+    // SAFETY: the destination is in bounds of live memory (Target's invariant) and cannot overlap `data`, which the operation owns.
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), to, len) }
 }
 
 /// The bytes of `src`.
 pub(crate) fn read(src: &Target) -> Vec<u8> {
     let mut out = vec![0u8; src.len];
-    // SAFETY: the source is in bounds of live memory (Target's invariant) and cannot
-    // overlap `out`, freshly allocated here.
+    // SAFETY: the source is in bounds of live memory (Target's invariant) and cannot overlap `out`, freshly allocated here.
     unsafe { std::ptr::copy_nonoverlapping(src.read_ptr(), out.as_mut_ptr(), src.len) }
     out
 }

@@ -29,8 +29,7 @@ pub const DEVICE_FILTER_ENV: &str = "GPUHAL_VULKAN_DEVICE";
 
 /// Loads the Vulkan loader library.
 fn load_entry() -> Result<ash::Entry> {
-    // SAFETY: loading the system Vulkan loader runs its initialisers; it is the library
-    // this crate is written against, and `Entry` keeps it loaded while in use.
+    // SAFETY: loading the system Vulkan loader runs its initialisers; it is the library this crate is written against, and `Entry` keeps it loaded while in use.
     unsafe { ash::Entry::load() }.map_err(|err| {
         Error::native(
             format!(
@@ -117,8 +116,7 @@ impl DeviceShared {
 
 impl Drop for DeviceShared {
     fn drop(&mut self) {
-        // SAFETY: every object created from the device holds an `Arc` to this struct, so
-        // they are all gone; waiting for idle first covers work they left queued.
+        // SAFETY: every object created from the device holds an `Arc` to this struct, so they are all gone; waiting for idle first covers work they left queued.
         unsafe {
             let _ = self.device.device_wait_idle();
         }
@@ -129,8 +127,7 @@ impl Drop for DeviceShared {
             // SAFETY: the device is idle; no batch refers to a retired semaphore.
             unsafe { self.device.destroy_semaphore(semaphore, None) };
         }
-        // SAFETY: the device is idle and no child object remains; the instance outlives
-        // the device until here.
+        // SAFETY: the device is idle and no child object remains; the instance outlives the device until here.
         unsafe {
             self.device.destroy_device(None);
             self.instance.destroy_instance(None);

@@ -119,8 +119,7 @@ impl gpuhal_hal::Event<VulkanBackend> for VulkanEvent {
                 let shared = native.shared.clone();
                 let value = native.submit(|state| {
                     let cmd = state.record(&shared, |device, cmd| {
-                        // SAFETY: `cmd` is recording; the pool has one query, reset
-                        // before it is written.
+                        // SAFETY: `cmd` is recording; the pool has one query, reset before it is written.
                         unsafe {
                             device.cmd_reset_query_pool(cmd, pool, 0, 1);
                             device.cmd_write_timestamp(cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, pool, 0);

@@ -61,8 +61,7 @@ pub(crate) fn record_op(shared: &DeviceShared, cmd: vk::CommandBuffer, op: &Op) 
                 dst_offset,
                 size: len,
             };
-            // SAFETY: `cmd` is recording; both buffers are live, the ranges were
-            // bounds-checked against them when the op was made, and they do not overlap.
+            // SAFETY: `cmd` is recording; both buffers are live, the ranges were bounds-checked against them when the op was made, and they do not overlap.
             unsafe { device.cmd_copy_buffer(cmd, src, dst, &[region]) };
         }
         Op::Fill {
@@ -78,8 +77,7 @@ pub(crate) fn record_op(shared: &DeviceShared, cmd: vk::CommandBuffer, op: &Op) 
             let body_start = offset.next_multiple_of(4).min(end);
             let body_end = (end / 4 * 4).max(body_start);
             if body_end > body_start {
-                // SAFETY: `cmd` is recording; offset and size are multiples of 4 inside
-                // the bounds-checked range.
+                // SAFETY: `cmd` is recording; offset and size are multiples of 4 inside the bounds-checked range.
                 unsafe {
                     device.cmd_fill_buffer(
                         cmd,
@@ -100,8 +98,7 @@ pub(crate) fn record_op(shared: &DeviceShared, cmd: vk::CommandBuffer, op: &Op) 
                     dst_offset: start,
                     size,
                 };
-                // SAFETY: `cmd` is recording; the pattern buffer holds 4 bytes of each
-                // value and lives as long as the device; `size` is at most 3.
+                // SAFETY: `cmd` is recording; the pattern buffer holds 4 bytes of each value and lives as long as the device; `size` is at most 3.
                 unsafe { device.cmd_copy_buffer(cmd, pattern.buffer, dst, &[region]) };
             }
         }
@@ -212,8 +209,7 @@ impl ExecNative {
 
 impl Drop for ExecNative {
     fn drop(&mut self) {
-        // SAFETY: every batch that submitted the command buffer holds this `Arc` until it
-        // has completed, so none is pending; destroying the pool frees the buffer.
+        // SAFETY: every batch that submitted the command buffer holds this `Arc` until it has completed, so none is pending; destroying the pool frees the buffer.
         unsafe { self.shared.device.destroy_command_pool(self.pool, None) };
     }
 }

@@ -143,9 +143,7 @@ fn import_as(
     let what = || format!("importing {size} bytes of host memory at {start:#x}");
     let pointer = start as *const std::ffi::c_void;
     let mut host_props = vk::MemoryHostPointerPropertiesEXT::default();
-    // SAFETY: the extension is enabled; `pointer` is aligned to
-    // minImportedHostPointerAlignment and the range it starts lies in mapped host memory
-    // (it covers a live slice, widened to whole alignment units).
+    // SAFETY: the extension is enabled; `pointer` is aligned to minImportedHostPointerAlignment and the range it starts lies in mapped host memory (it covers a live slice, widened to whole alignment units).
     let result = unsafe {
         (support.functions.fp().get_memory_host_pointer_properties_ext)(
             shared.device.handle(),
@@ -190,8 +188,7 @@ fn import_as(
     if shared.buffer_device_address {
         alloc = alloc.push_next(&mut flags);
     }
-    // SAFETY: the import chain names an aligned host range of `size` bytes that stays
-    // mapped while the import lives (the `HostImport` borrows it).
+    // SAFETY: the import chain names an aligned host range of `size` bytes that stays mapped while the import lives (the `HostImport` borrows it).
     let memory = match unsafe { shared.device.allocate_memory(&alloc, None) } {
         Ok(memory) => memory,
         Err(result) => {

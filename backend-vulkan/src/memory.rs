@@ -17,9 +17,7 @@ use crate::queue::{StreamNative, Timeline};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MappedPtr(pub(crate) *mut u8);
 
-// SAFETY: the pointer names mapped Vulkan memory owned by a `RawBuffer`; it is only
-// dereferenced while that buffer lives, and every access is ordered by the stream
-// timeline (the host copies in or out only when no device work touches those bytes).
+// SAFETY: the pointer names mapped Vulkan memory owned by a `RawBuffer`; it is only dereferenced while that buffer lives, and every access is ordered by the stream timeline (the host copies in or out only when no device work touches those bytes).
 unsafe impl Send for MappedPtr {}
 // SAFETY: as above; shared references never write through the pointer concurrently.
 unsafe impl Sync for MappedPtr {}
@@ -188,8 +186,7 @@ impl DeviceShared {
         placement: Placement,
     ) -> std::result::Result<RawBuffer, (vk::DeviceMemory, Error)> {
         let size = raw.size;
-        // SAFETY: buffer and memory are fresh, unbound, and the memory meets the
-        // buffer's requirements (type and size were taken from them).
+        // SAFETY: buffer and memory are fresh, unbound, and the memory meets the buffer's requirements (type and size were taken from them).
         unsafe { self.device.bind_buffer_memory(raw.buffer, raw.memory, 0) }
             .vk("vkBindBufferMemory", || {
                 format!("binding {size} bytes of memory to a buffer")
@@ -215,17 +212,14 @@ impl DeviceShared {
             return 0;
         }
         let info = vk::BufferDeviceAddressInfo::default().buffer(buffer);
-        // SAFETY: the buffer was created with SHADER_DEVICE_ADDRESS usage and is bound to
-        // memory allocated with the DEVICE_ADDRESS flag.
+        // SAFETY: the buffer was created with SHADER_DEVICE_ADDRESS usage and is bound to memory allocated with the DEVICE_ADDRESS flag.
         unsafe { self.device.get_buffer_device_address(&info) }
     }
 
     /// Destroys a buffer and frees its memory. The caller guarantees no device work
     /// still uses it.
     pub(crate) fn destroy_buffer(&self, raw: RawBuffer) {
-        // SAFETY: per the caller's guarantee the buffer and memory are idle; destroying
-        // the buffer before freeing the memory bound to it is the required order, and
-        // freeing mapped memory unmaps it.
+        // SAFETY: per the caller's guarantee the buffer and memory are idle; destroying the buffer before freeing the memory bound to it is the required order, and freeing mapped memory unmaps it.
         unsafe {
             self.device.destroy_buffer(raw.buffer, None);
             self.device.free_memory(raw.memory, None);

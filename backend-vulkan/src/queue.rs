@@ -74,8 +74,7 @@ impl Timeline {
             .semaphore_type(vk::SemaphoreType::TIMELINE)
             .initial_value(start);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
-        // SAFETY: valid create info chain; the semaphore is retired in `Drop` and
-        // destroyed with the device.
+        // SAFETY: valid create info chain; the semaphore is retired in `Drop` and destroyed with the device.
         let semaphore = unsafe { shared.device.create_semaphore(&info, None) }
             .vk("vkCreateSemaphore", || "creating a timeline semaphore".into())?;
         Ok(Arc::new(Timeline {
@@ -103,8 +102,7 @@ impl Timeline {
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
         let nanos = timeout.map_or(u64::MAX, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
-        // SAFETY: the semaphore is a live timeline semaphore; waiting before a signal is
-        // submitted is allowed for timeline semaphores.
+        // SAFETY: the semaphore is a live timeline semaphore; waiting before a signal is submitted is allowed for timeline semaphores.
         match unsafe { self.shared.device.wait_semaphores(&info, nanos) } {
             Ok(()) => Ok(true),
             Err(vk::Result::TIMEOUT) => Ok(false),
@@ -121,8 +119,7 @@ impl Timeline {
         let info = vk::SemaphoreSignalInfo::default()
             .semaphore(self.semaphore)
             .value(value);
-        // SAFETY: the caller guarantees `value` is above the current value and no
-        // lower signal is pending (fences route such signals through the queue).
+        // SAFETY: the caller guarantees `value` is above the current value and no lower signal is pending (fences route such signals through the queue).
         unsafe { self.shared.device.signal_semaphore(&info) }.vk("vkSignalSemaphore", || {
             format!("signalling timeline value {value} from the CPU")
         })?;
@@ -371,11 +368,7 @@ impl StreamNative {
             .push_next(&mut timeline_info);
         {
             let queue = self.shared.queue.lock();
-            // SAFETY: the queue is externally synchronised by its mutex; every semaphore
-            // and command buffer is alive and kept alive by the batch until it has run;
-            // each wait is on a value whose signal is already queued (or set), and each
-            // signalled value is above the semaphore's pending values (stream values
-            // grow by one; fences wait for their previous highest value first).
+            // SAFETY: the queue is externally synchronised by its mutex; every semaphore and command buffer is alive and kept alive by the batch until it has run; each wait is on a value whose signal is already queued (or set), and each signalled value is above the semaphore's pending values (stream values grow by one; fences wait for their previous highest value first).
             unsafe { self.shared.device.queue_submit(*queue, &[submit], vk::Fence::null()) }
                 .vk("vkQueueSubmit", || format!("submitting work on {}", self.id))?;
         }
@@ -466,8 +459,7 @@ impl StreamNative {
             }
         };
         let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: `cmd` is not pending (fresh, or reclaimed after its batch completed);
-        // the pool was created with RESET_COMMAND_BUFFER, so begin resets it.
+        // SAFETY: `cmd` is not pending (fresh, or reclaimed after its batch completed); the pool was created with RESET_COMMAND_BUFFER, so begin resets it.
         if let Err(result) = unsafe { shared.device.begin_command_buffer(cmd, &begin) } {
             state.free_cmds.push(cmd);
             return Err(vk_error("recording stream commands", "vkBeginCommandBuffer", result));
@@ -560,8 +552,7 @@ impl Drop for StreamNative {
         for staging in state.free_staging.drain(..) {
             self.shared.destroy_buffer(staging);
         }
-        // SAFETY: every command buffer of the pool has completed (waited above) or was
-        // never submitted; destroying the pool frees them.
+        // SAFETY: every command buffer of the pool has completed (waited above) or was never submitted; destroying the pool frees them.
         unsafe { self.shared.device.destroy_command_pool(state.command_pool, None) };
     }
 }

@@ -135,8 +135,7 @@ impl VulkanStream {
             let Some(mapped) = staging.mapped else {
                 return Err(Error::invalid("write", "staging memory is not mapped"));
             };
-            // SAFETY: the staging buffer is mapped, holds at least `len` bytes, and no
-            // device work uses it (it came from the free list or was just created).
+            // SAFETY: the staging buffer is mapped, holds at least `len` bytes, and no device work uses it (it came from the free list or was just created).
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mapped.0, data.len()) };
             let cmd = state.record(shared, |device, cmd| {
                 let region = vk::BufferCopy {
@@ -221,8 +220,7 @@ impl VulkanStream {
         let waited = self.native.wait_value(value);
         if waited.is_ok() {
             if let Some(mapped) = staging.mapped {
-                // SAFETY: the copy into the staging buffer has completed (waited above)
-                // and was made visible to the host; it holds at least `len` bytes.
+                // SAFETY: the copy into the staging buffer has completed (waited above) and was made visible to the host; it holds at least `len` bytes.
                 unsafe { std::ptr::copy_nonoverlapping(mapped.0, out.as_mut_ptr(), out.len()) };
             }
         }

@@ -183,8 +183,7 @@ impl CpuTime {
 
 fn rusage(who: libc::c_int) -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a complete rusage into the pointer it is given, which points
-    // to a zeroed, properly sized and aligned value owned by this frame.
+    // SAFETY: getrusage writes a complete rusage into the pointer it is given, which points to a zeroed, properly sized and aligned value owned by this frame.
     let rc = unsafe { libc::getrusage(who, usage.as_mut_ptr()) };
     if rc != 0 {
         return Duration::ZERO;
@@ -199,8 +198,7 @@ fn rusage(who: libc::c_int) -> Duration {
 /// microseconds, too coarse for one graph launch).
 pub fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes a timespec into the pointer, which points to a valid
-    // timespec owned by this frame.
+    // SAFETY: clock_gettime writes a timespec into the pointer, which points to a valid timespec owned by this frame.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
         return Duration::ZERO;
