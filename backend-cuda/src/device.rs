@@ -188,9 +188,10 @@ impl CudaDevice {
         self.ctx.bind()
     }
 
-    /// Why fills and copies of up to [`SMALL_OP_LIMIT`](crate::SMALL_OP_LIMIT) bytes use
-    /// the driver's memset and memcpy instead of gpuhal's kernels; `None` when the kernels
-    /// loaded (the normal case), which makes graphs of small ops much cheaper to replay.
+    /// Why captured fills and copies of up to [`SMALL_OP_LIMIT`](crate::SMALL_OP_LIMIT)
+    /// bytes use the driver's memset and memcpy instead of gpuhal's kernels; `None` when
+    /// the kernels loaded (the normal case), which makes graphs of small ops much cheaper
+    /// to replay.
     pub fn small_op_kernels_error(&self) -> Option<&gpuhal_hal::NativeError> {
         self.ctx.small_ops_error()
     }

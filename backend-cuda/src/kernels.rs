@@ -5,9 +5,10 @@
 //! 580), so a replay of 100 small ops saved only ~4x of the CPU time of issuing them
 //! eagerly. Kernel nodes are much cheaper to launch from a graph (straight-line graphs of
 //! kernels launch in near-constant time on recent drivers). Ops up to
-//! [`SMALL_OP_LIMIT`] bytes, which are bound by launch cost rather than bandwidth, go
-//! through the two byte-wise kernels below; larger ones keep the copy engines' memset and
-//! memcpy, which run at full bandwidth.
+//! [`SMALL_OP_LIMIT`] bytes on a capturing stream, which are bound by launch cost rather
+//! than bandwidth, go through the two byte-wise kernels below; larger ones keep the copy
+//! engines' memset and memcpy, which run at full bandwidth. Eager ops keep memset and
+//! memcpy at every size: issued one by one, a kernel launch costs more CPU than they do.
 //!
 //! The kernels ship as PTX text, compiled by the driver for whatever device it runs on,
 //! so nothing needs a CUDA toolkit at build time. If the driver cannot load them, streams
@@ -20,7 +21,8 @@ use gpuhal_hal::NativeError;
 use crate::error::NativeResult;
 use crate::raw::{self, CUdeviceptr, CUfunction, CUmodule, CUstream};
 
-/// Largest fill or copy, in bytes, done by a kernel rather than memset/memcpy.
+/// Largest fill or copy, in bytes, that a capturing stream records as a kernel of
+/// gpuhal's rather than as a memset/memcpy node.
 pub const SMALL_OP_LIMIT: u64 = 64 << 10;
 
 /// Threads per block of both kernels.

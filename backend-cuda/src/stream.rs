@@ -139,6 +139,25 @@ impl CudaStream {
 
     /// Fails with [`Error::CaptureInvalidated`] when the stream is capturing, after ending
     /// the capture and discarding its partial graph, so the stream is usable again.
+    /// gpuhal's kernels, when they should carry a fill or copy of `len` bytes: small ops on
+    /// a capturing stream, whoever began the capture. They become kernel nodes, which a
+    /// graph launches far cheaper than memset/memcpy nodes; issued eagerly, a kernel launch
+    /// costs more CPU than the memset or memcpy it replaces, so eager ops keep those. The
+    /// driver's capture state is read rather than gpuhal's, so a capture a framework began
+    /// on [`raw`](Self::raw) gets kernel nodes too.
+    #[inline]
+    fn capture_kernels(&self, len: u64) -> Result<Option<&SmallOpKernels>> {
+        let Some(kernels) = self.ctx.small_ops() else {
+            return Ok(None);
+        };
+        if !SmallOpKernels::takes(len) {
+            return Ok(None);
+        }
+        let capturing = raw::stream_is_capturing(self.raw())
+            .context(|| format!("reading the capture state of stream {}", self.id_inner().0))?;
+        Ok(capturing.then_some(kernels))
+    }
+
     fn refuse_during_capture(&self, operation: &'static str) -> Result<()> {
         let native = raw::stream_is_capturing(self.raw())
             .context(|| format!("reading the capture state of stream {}", self.id_inner().0))?;
@@ -241,9 +260,9 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
             return Ok(());
         }
         self.bind()?;
-        let copied = match self.ctx.small_ops() {
-            Some(kernels) if SmallOpKernels::takes(len) => kernels.copy(to, from, len, self.raw()),
-            _ => raw::memcpy_async(to, from, len, self.raw()),
+        let copied = match self.capture_kernels(len)? {
+            Some(kernels) => kernels.copy(to, from, len, self.raw()),
+            None => raw::memcpy_async(to, from, len, self.raw()),
         };
         copied.context(|| {
             format!(
@@ -260,9 +279,9 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
             return Ok(());
         }
         self.bind()?;
-        let filled = match self.ctx.small_ops() {
-            Some(kernels) if SmallOpKernels::takes(len) => kernels.fill(address, len, value, self.raw()),
-            _ => raw::memset_d8_async(address, value, len, self.raw()),
+        let filled = match self.capture_kernels(len)? {
+            Some(kernels) => kernels.fill(address, len, value, self.raw()),
+            None => raw::memset_d8_async(address, value, len, self.raw()),
         };
         filled.context(|| {
             format!(

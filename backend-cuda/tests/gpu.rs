@@ -94,6 +94,85 @@ fn gpu_device_memory_round_trip_and_caching() {
     assert!(device.allocator().trim() > 0);
 }
 
+/// The types of a captured graph's nodes, through the driver directly.
+fn node_types(graph: &gpuhal_cuda::CudaGraph) -> Vec<cudarc::driver::sys::CUgraphNodeType> {
+    use cudarc::driver::sys;
+    let mut count = 0usize;
+    // SAFETY: the graph is live; a null node array asks for the count only.
+    let status = unsafe { sys::cuGraphGetNodes(graph.raw(), std::ptr::null_mut(), &mut count) };
+    assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuGraphGetNodes (count)");
+    let mut nodes = vec![std::ptr::null_mut(); count];
+    // SAFETY: `nodes` has room for `count` handles.
+    let status = unsafe { sys::cuGraphGetNodes(graph.raw(), nodes.as_mut_ptr(), &mut count) };
+    assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuGraphGetNodes");
+    nodes
+        .iter()
+        .map(|&node| {
+            let mut kind = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+            // SAFETY: `node` belongs to the live graph; `kind` is a live out-pointer.
+            let status = unsafe { sys::cuGraphNodeGetType(node, &mut kind) };
+            assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuGraphNodeGetType");
+            kind
+        })
+        .collect()
+}
+
+/// Copies `len` bytes from offset 3 of `src` to offset 5 of `dst` (prefilled with 0xEE),
+/// then fills `len` bytes from offset 1 of `dst` with 0x5A, eagerly or through a captured
+/// and replayed graph, checking every byte of `dst` after each step.
+fn check_small_ops(device: &CudaDevice, stream: &gpuhal_cuda::CudaStream, len: u64, captured: bool) {
+    use cudarc::driver::sys::CUgraphNodeType as Node;
+    let how = if captured { "captured" } else { "eager" };
+    let limit = gpuhal_cuda::SMALL_OP_LIMIT;
+    let total = len + 64;
+    let src = device.allocate(total, MemoryKind::Device, stream).unwrap();
+    let dst = device.allocate(total, MemoryKind::Device, stream).unwrap();
+    let pattern: Vec<u8> = (0..total).map(|i| (i * 31 + 7) as u8).collect();
+    stream.write(&src, 0, &pattern).unwrap();
+    stream.fill(&dst, 0, total, 0xEE).unwrap();
+    let pool = device.graph_pool();
+    // Runs one op, directly or as a one-node graph whose node type is checked.
+    let run = |op: &dyn Fn(&gpuhal_cuda::CudaStream) -> gpuhal_hal::Result<()>, large: Node| {
+        if !captured {
+            op(stream).unwrap();
+            return;
+        }
+        let (graph, ()) = stream.capture(&pool, |s| op(s)).unwrap();
+        let expected = if len <= limit {
+            Node::CU_GRAPH_NODE_TYPE_KERNEL
+        } else {
+            large
+        };
+        assert_eq!(node_types(&graph), vec![expected], "{how} op of {len} bytes");
+        graph.instantiate().unwrap().launch(stream).unwrap();
+    };
+    run(&|s| s.copy(&src, 3, &dst, 5, len), Node::CU_GRAPH_NODE_TYPE_MEMCPY);
+    let mut out = vec![0u8; total as usize];
+    stream.read(&dst, 0, &mut out).unwrap();
+    for (i, &byte) in out.iter().enumerate() {
+        let i = i as u64;
+        let expected = if (5..5 + len).contains(&i) {
+            pattern[(i - 2) as usize]
+        } else {
+            0xEE
+        };
+        assert_eq!(byte, expected, "{how} copy of {len} bytes: byte {i}");
+    }
+    let before = out.clone();
+    run(&|s| s.fill(&dst, 1, len, 0x5A), Node::CU_GRAPH_NODE_TYPE_MEMSET);
+    stream.read(&dst, 0, &mut out).unwrap();
+    let end = len as usize + 1;
+    assert_eq!(out[0], before[0], "{how} fill of {len} bytes wrote before its start");
+    assert!(out[1..end].iter().all(|&b| b == 0x5A), "{how} fill of {len} bytes");
+    assert_eq!(
+        out[end..],
+        before[end..],
+        "{how} fill of {len} bytes wrote past its end"
+    );
+}
+
+/// Small fills and copies are exact whether issued eagerly (memset/memcpy) or captured
+/// (gpuhal's kernels, as kernel nodes), on both sides of the size limit.
 fn gpu_small_fills_and_copies_go_through_kernels_and_stay_exact() {
     let device = device();
     assert!(
@@ -106,31 +185,8 @@ fn gpu_small_fills_and_copies_go_through_kernels_and_stay_exact() {
     // Sizes on both sides of the kernel/memset boundary and of a thread block, at odd
     // offsets, so a kernel that writes a byte too many or too few shows up.
     for &len in &[1u64, 255, 256, 257, 4099, limit - 1, limit, limit + 1, 3 * limit + 5] {
-        let total = len + 64;
-        let src = device.allocate(total, MemoryKind::Device, &stream).unwrap();
-        let dst = device.allocate(total, MemoryKind::Device, &stream).unwrap();
-        let pattern: Vec<u8> = (0..total).map(|i| (i * 31 + 7) as u8).collect();
-        stream.write(&src, 0, &pattern).unwrap();
-        stream.fill(&dst, 0, total, 0xEE).unwrap();
-        stream.copy(&src, 3, &dst, 5, len).unwrap();
-        let mut out = vec![0u8; total as usize];
-        stream.read(&dst, 0, &mut out).unwrap();
-        for (i, &byte) in out.iter().enumerate() {
-            let i = i as u64;
-            let expected = if (5..5 + len).contains(&i) {
-                pattern[(i - 2) as usize]
-            } else {
-                0xEE
-            };
-            assert_eq!(byte, expected, "copy of {len} bytes: byte {i}");
-        }
-        let before = out.clone();
-        stream.fill(&dst, 1, len, 0x5A).unwrap();
-        stream.read(&dst, 0, &mut out).unwrap();
-        let end = len as usize + 1;
-        assert_eq!(out[0], before[0], "fill of {len} bytes wrote before its start");
-        assert!(out[1..end].iter().all(|&b| b == 0x5A), "fill of {len} bytes");
-        assert_eq!(out[end..], before[end..], "fill of {len} bytes wrote past its end");
+        check_small_ops(&device, &stream, len, false);
+        check_small_ops(&device, &stream, len, true);
     }
 }
 
