@@ -147,6 +147,25 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
         let label = format!("caching pool alone (no-op native), {words}");
         report.measured(&format!("hit.pool.{suffix}"), "cache-hit", &label, "ns/pair", summary);
     }
+    // The floor under a hit pair: its two lock round trips (allocate and drop each lock the
+    // stream's cache once), on the same spin lock type and with nothing else around them.
+    // On a host whose atomics are slow, this shows how much of the pair they take.
+    let lock = spin::mutex::SpinMutex::<u64, spin::relax::Yield>::new(0);
+    let summary = ns_per_op(settings, settings.iterations(200_000), 1, |n| {
+        let start = Instant::now();
+        for _ in 0..n {
+            *black_box(&lock).lock() += 1;
+            *black_box(&lock).lock() += 1;
+        }
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+    report.measured(
+        "hit.floor.locks",
+        "cache-hit",
+        "two uncontended lock + unlock round trips of the pool's spin lock (what a hit pair takes at least)",
+        "ns/pair",
+        summary,
+    );
     for (plan, suffix, words) in churn_plans() {
         let (allocator, cache) = pool_alone();
         let summary = plan.run(settings, settings.iterations(20_000), |size| {
@@ -946,6 +965,7 @@ mod tests {
         };
         pool_alone_rows(&settings, &mut report).unwrap();
         assert!(report.median("hit.pool.512").is_some());
+        assert!(report.median("hit.floor.locks").is_some());
         assert!(report.median("churn.pool.random").is_some());
     }
 }
