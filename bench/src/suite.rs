@@ -182,6 +182,7 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
             churn_note(
                 stats.hit_rate(),
                 stats.native_allocations,
+                stats.native_frees,
                 stats.cache_hits + stats.cache_misses,
             ),
         );
@@ -204,12 +205,12 @@ fn churn_plans() -> [(ChurnPlan, &'static str, &'static str); 2] {
     ]
 }
 
-fn churn_note(hit_rate: f64, native_allocations: u64, requests: u64) -> String {
+/// The churn row's note, from the allocator's counters over the measured span: what the
+/// misses cost shows up in native allocations and frees (evictions), not in the hit rate.
+fn churn_note(hit_rate: f64, native_allocations: u64, native_frees: u64, requests: u64) -> String {
     format!(
-        "hit rate {:.1}%, {} native allocations in {} requests",
+        "hit rate {:.1}%, {native_allocations} native allocations and {native_frees} native frees in {requests} requests",
         hit_rate * 100.0,
-        native_allocations,
-        requests
     )
 }
 
@@ -264,6 +265,7 @@ fn churn<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Repor
                     after.cache_misses - before.cache_misses,
                 ),
                 after.native_allocations - before.native_allocations,
+                after.native_frees - before.native_frees,
                 after.cache_hits + after.cache_misses - before.cache_hits - before.cache_misses,
             ),
         );
