@@ -6,7 +6,9 @@
 //!    address. Optionally prefetched towards the device.
 //! 2. `Registered`: `cuMemHostRegister` page-locks and maps the range (the exact range
 //!    first, the enclosing page-aligned range as the fallback; read-only first where the
-//!    device supports it, writable as the fallback), undone when the import drops.
+//!    device supports it, writable as the fallback), undone when the import drops. Not
+//!    attempted for a private read-only mapping of a file on disk, which hangs the driver
+//!    (see [`crate::host_mapping`]).
 //! 3. `Copied`: a device copy, only when the policy allows it. On platforms where
 //!    registration returns `CUDA_ERROR_NOT_SUPPORTED` a silent copy duplicated whole
 //!    models; here a refused copy is an [`Error::ImportRefused`] that lists every path
@@ -22,6 +24,7 @@ use parking_lot::Mutex;
 
 use crate::context::Context;
 use crate::device::CudaDevice;
+use crate::host_mapping::register_hazard;
 use crate::raw;
 use crate::stream::CudaStream;
 
@@ -97,6 +100,8 @@ pub(crate) fn import_host<'a>(
         tried.push("registered: not allowed by the policy".into());
     } else if !caps.contains(Capabilities::HOST_REGISTER) {
         tried.push("registered: the device reports no host register support (HOST_REGISTER_SUPPORTED is 0)".into());
+    } else if let Some(why) = register_hazard(start, start + len) {
+        tried.push(format!("registered: not attempted: {why}"));
     } else {
         let page = raw::page_size();
         let base = start & !(page - 1);

@@ -738,12 +738,33 @@ fn gpu_threads_with_repeated_sizes_hit_their_caches() {
     );
 }
 
-/// A read-only mmap'd file (how model weights arrive) imports by registration, and
-/// reads back through the device.
-///
-/// Ignored: on an H100 with driver 580 (CUDA 13.0) `cuMemHostRegister` of a private
-/// read-only file mapping did not return within 30 s (with and without
-/// `CU_MEMHOSTREGISTER_READ_ONLY`). Run it with `--ignored` under a timeout.
+/// Maps `len` bytes of `file` read-only, shared or private.
+fn map_read_only(file: &std::fs::File, len: usize, shared: bool) -> *mut libc::c_void {
+    use std::os::fd::AsRawFd;
+    let sharing = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    // SAFETY: maps `len` bytes of an open file read-only; the caller unmaps it.
+    let map = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, sharing, file.as_raw_fd(), 0) };
+    assert_ne!(map, libc::MAP_FAILED, "mmap");
+    map
+}
+
+/// Whether `path` is on tmpfs.
+fn on_tmpfs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stats` a writable statfs.
+    let status = unsafe { libc::statfs(path.as_ptr(), stats.as_mut_ptr()) };
+    // SAFETY: statfs returned 0, so it filled `stats`.
+    status == 0 && unsafe { stats.assume_init() }.f_type == libc::TMPFS_MAGIC
+}
+
+/// A read-only mmap'd file (how model weights arrive) imports by registration when mapped
+/// `MAP_SHARED`. Mapped `MAP_PRIVATE` from a disk filesystem, registration hangs driver
+/// 580, so gpuhal must not attempt it: the import is refused with the reason (and the
+/// remedy) when copying is not allowed, and copied when it is, and it returns promptly.
 fn gpu_host_import_of_a_read_only_mmap() {
     let device = device();
     if !device.capabilities().contains(Capabilities::HOST_REGISTER) {
@@ -756,39 +777,59 @@ fn gpu_host_import_of_a_read_only_mmap() {
     let path = std::env::temp_dir().join(format!("gpuhal-cuda-import-{}", std::process::id()));
     std::fs::write(&path, &contents).unwrap();
     let file = std::fs::File::open(&path).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: maps `len` bytes of a file we just wrote, read-only and private.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    eprintln!("mapped {len} bytes read-only at {map:p}");
-    // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
-    let host = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
-    let policy = ImportPolicy {
+    let on_disk = !on_tmpfs(&path);
+    eprintln!(
+        "{} is on {}",
+        path.display(),
+        if on_disk { "a disk filesystem" } else { "tmpfs" }
+    );
+    let registered_only = ImportPolicy {
         allow_coherent: false,
         ..ImportPolicy::ZERO_COPY
     };
-    {
-        let import = device.import_host(host, policy, &s);
-        eprintln!("imported: {import:?}");
-        let import = import.unwrap();
-        assert_eq!(import.path(), ImportPath::Registered);
+    let copy_allowed = ImportPolicy {
+        allow_copy: true,
+        ..registered_only
+    };
+    let read_back = |import: &gpuhal_hal::HostImport<'_>| {
         let copy = device.allocate(len as u64, MemoryKind::Device, &s).unwrap();
-        s.copy(&import, 0, &copy, 0, len as u64).unwrap();
+        s.copy(import, 0, &copy, 0, len as u64).unwrap();
         let mut out = vec![0u8; len];
         s.read(&copy, 0, &mut out).unwrap();
-        assert_eq!(out, contents);
+        assert!(
+            out == contents,
+            "bytes read back through a {:?} import differ",
+            import.path()
+        );
+    };
+    for shared in [true, false] {
+        let map = map_read_only(&file, len, shared);
+        // SAFETY: the mapping is `len` readable bytes and lives until the munmap below.
+        let host = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
+        let started = Instant::now();
+        let import = device.import_host(host, registered_only, &s);
+        eprintln!("shared {shared}: {import:?} in {:?}", started.elapsed());
+        if shared || !on_disk {
+            let import = import.unwrap();
+            assert_eq!(import.path(), ImportPath::Registered);
+            read_back(&import);
+        } else {
+            match import {
+                Err(Error::ImportRefused { reason, .. }) => {
+                    assert!(
+                        reason.contains("MAP_SHARED") && reason.contains("not attempted"),
+                        "{reason}"
+                    )
+                }
+                other => panic!("a private read-only file mapping on disk imported as {other:?}"),
+            }
+            let import = device.import_host(host, copy_allowed, &s).unwrap();
+            assert_eq!(import.path(), ImportPath::Copied);
+            read_back(&import);
+        }
+        // SAFETY: every import that borrowed the mapping has been dropped.
+        assert_eq!(unsafe { libc::munmap(map, len) }, 0);
     }
-    // SAFETY: the import that borrowed the mapping has been dropped.
-    assert_eq!(unsafe { libc::munmap(map, len) }, 0);
     let _ = std::fs::remove_file(&path);
 }
 
@@ -838,10 +879,9 @@ fn main() -> std::process::ExitCode {
             "gpu_threads_with_repeated_sizes_hit_their_caches",
             gpu_threads_with_repeated_sizes_hit_their_caches,
         ),
-        known_hang(
+        gpu_test(
             "gpu_host_import_of_a_read_only_mmap",
             gpu_host_import_of_a_read_only_mmap,
-            "cuMemHostRegister of a read-only file mapping hung on driver 580; run explicitly under a timeout",
         ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
@@ -867,10 +907,4 @@ fn gpu_test(name: &'static str, body: fn()) -> libtest_mimic::Trial {
             Ok(libtest_mimic::Completion::Completed)
         }
     })
-}
-
-/// A test kept out of unattended runs (`--ignored` runs it), and why.
-fn known_hang(name: &'static str, body: fn(), why: &'static str) -> libtest_mimic::Trial {
-    eprintln!("{name}: ignored unless asked for: {why}");
-    gpu_test(name, body).with_ignored_flag(true)
 }
