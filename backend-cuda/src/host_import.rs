@@ -8,7 +8,7 @@
 //!    first, the enclosing page-aligned range as the fallback; read-only first where the
 //!    device supports it, writable as the fallback), undone when the import drops. Not
 //!    attempted for a private read-only mapping of a file on disk, which hangs the driver
-//!    (see [`crate::host_mapping`]).
+//!    (see [`register_hazard`]).
 //! 3. `Copied`: a device copy, only when the policy allows it. On platforms where
 //!    registration returns `CUDA_ERROR_NOT_SUPPORTED` a silent copy duplicated whole
 //!    models; here a refused copy is an [`Error::ImportRefused`] that lists every path
@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use gpuhal_hal::host_mapping::file_mappings;
 use gpuhal_hal::{
     check_device, Capabilities, Error, HostImport, ImportPath, ImportPolicy, ImportStats, Location, MemoryKind, Region,
     Result, Stream as _,
@@ -24,7 +25,6 @@ use parking_lot::Mutex;
 
 use crate::context::Context;
 use crate::device::CudaDevice;
-use crate::host_mapping::register_hazard;
 use crate::raw;
 use crate::stream::CudaStream;
 
@@ -40,6 +40,27 @@ impl Drop for Registration {
             let _ = raw::mem_host_unregister(self.base);
         }
     }
+}
+
+/// Why registering `start..end` would hang the driver, or `None` when nothing says so.
+///
+/// On an H100 and an H200 with driver 580 (CUDA 13.0, Linux 6.x), `cuMemHostRegister` of
+/// a private (`MAP_PRIVATE`), read-only mapping of a file on a disk filesystem (ext4) did
+/// not return: still running when killed after 8 s (H200) and 30 s (H100), with and
+/// without `CU_MEMHOSTREGISTER_READ_ONLY`, with the pages faulted in or not. The same file
+/// mapped `MAP_SHARED` registered in under a millisecond, as did a private read-only
+/// mapping of a tmpfs file. A hung call cannot be recovered, so such ranges are not
+/// offered to the driver at all.
+fn register_hazard(start: u64, end: u64) -> Option<String> {
+    let mapping = file_mappings(start, end)
+        .into_iter()
+        .find(|mapping| mapping.private && !mapping.writable && !mapping.on_tmpfs)?;
+    Some(format!(
+        "the range lies in a private read-only mapping of {} (MAP_PRIVATE, PROT_READ, on a disk \
+         filesystem), which cuMemHostRegister did not return from on driver 580; map the file \
+         MAP_SHARED to import it by registration",
+        mapping.path
+    ))
 }
 
 /// Imports `host` for `device`; see the module documentation for the order of paths.

@@ -32,7 +32,6 @@ mod event;
 mod fence;
 mod graph;
 mod host_import;
-mod host_mapping;
 mod kernels;
 mod memory;
 mod raw;

@@ -56,6 +56,9 @@ pub(crate) struct HostImportSupport {
     pub(crate) functions: ash::ext::external_memory_host::Device,
     /// `minImportedHostPointerAlignment`.
     pub(crate) alignment: u64,
+    /// Host pointers into file mappings must not reach the driver (see
+    /// [`crate::import`]): true for NVIDIA's proprietary driver.
+    pub(crate) avoid_file_mappings: bool,
 }
 
 /// Timestamp support of the queue.
@@ -356,12 +359,16 @@ impl VulkanDevice {
 
         let host_import = host_import.then(|| {
             let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
-            let mut props = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
-            // SAFETY: the extension is supported, so its properties struct is valid.
+            let mut driver = vk::PhysicalDeviceDriverProperties::default();
+            let mut props = vk::PhysicalDeviceProperties2::default()
+                .push_next(&mut host)
+                .push_next(&mut driver);
+            // SAFETY: the extension is supported and the device is Vulkan 1.2 (driver properties are core), so both structs are valid in the chain.
             unsafe { instance.get_physical_device_properties2(physical, &mut props) };
             HostImportSupport {
                 functions: ash::ext::external_memory_host::Device::new(&instance, &device),
                 alignment: host.min_imported_host_pointer_alignment.max(1),
+                avoid_file_mappings: driver.driver_id == vk::DriverId::NVIDIA_PROPRIETARY,
             }
         });
         let valid_bits = families[family as usize].timestamp_valid_bits;

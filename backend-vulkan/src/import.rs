@@ -62,6 +62,12 @@ pub(crate) fn import_host<'a>(
                     Box::new(()),
                 ));
             }
+            Some(support) if support.avoid_file_mappings && lies_in_a_file_mapping(host) => tried.push(
+                "registered: not attempted: the range lies in a file mapping, which NVIDIA's driver refuses to \
+                 import (VK_ERROR_OUT_OF_DEVICE_MEMORY on driver 580), and after such a refusal later device \
+                 allocations failed too"
+                    .to_string(),
+            ),
             Some(support) => match register(shared, support, host) {
                 Ok((region, undo)) => return Ok(HostImport::new(region, ImportPath::Registered, Box::new(undo))),
                 Err(err) => tried.push(format!("registered: {err}")),
@@ -81,6 +87,21 @@ pub(crate) fn import_host<'a>(
         len,
         reason: tried.join("; "),
     })
+}
+
+/// Whether any of `host` lies in a mapping of a file.
+///
+/// On an H200 with driver 580, `vkAllocateMemory` importing a pointer into a file mapping
+/// (shared or private, read-only) failed with `VK_ERROR_OUT_OF_DEVICE_MEMORY` as
+/// `HOST_ALLOCATION`, and `vkGetMemoryHostPointerPropertiesEXT` with
+/// `VK_ERROR_INITIALIZATION_FAILED` as `HOST_MAPPED_FOREIGN_MEMORY`. After that, the next
+/// 256 KiB device allocation and an import of plain heap memory failed with
+/// `VK_ERROR_OUT_OF_DEVICE_MEMORY` as well, which they did not in the same process
+/// without the failed import. So such ranges are kept from that driver; lavapipe imports
+/// them.
+fn lies_in_a_file_mapping(host: &[u8]) -> bool {
+    let start = host.as_ptr() as u64;
+    !gpuhal_hal::host_mapping::file_mappings(start, start + host.len() as u64).is_empty()
 }
 
 fn empty_region(shared: &DeviceShared) -> Region {

@@ -23,6 +23,7 @@
 mod backend;
 mod error;
 pub mod event_pool;
+pub mod host_mapping;
 mod hot_lock;
 pub mod pool;
 mod spare;

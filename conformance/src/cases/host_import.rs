@@ -33,6 +33,12 @@ pub(crate) fn cases<B: Backend>() -> Vec<Case<B>> {
         Case::new("copy_refused_without_zero_copy_path", area, none, copy_refused::<B>),
         Case::new("copy_when_permitted_is_counted", area, none, copy_permitted::<B>),
         Case::new("unaligned_host_slice", area, none, unaligned_host_slice::<B>),
+        Case::new(
+            "read_only_file_mappings_import_promptly",
+            area,
+            none,
+            read_only_file_mappings::<B>,
+        ),
     ]
 }
 
@@ -197,4 +203,87 @@ fn unaligned_host_slice<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
         host,
         &format!("an unaligned slice imported by {:?}", import.path()),
     )
+}
+
+/// A temporary file mapped read-only, the way model weights arrive; unmapped and removed
+/// on drop.
+struct ReadOnlyFileMapping {
+    address: *mut libc::c_void,
+    len: usize,
+    path: std::path::PathBuf,
+}
+
+impl ReadOnlyFileMapping {
+    /// Writes `contents` to a new file in the temporary directory and maps it read-only,
+    /// `MAP_SHARED` or `MAP_PRIVATE`.
+    fn new(contents: &[u8], shared: bool) -> Result<ReadOnlyFileMapping, Failure> {
+        use std::os::fd::AsRawFd;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("gpuhal-conformance-{}-{serial}", std::process::id()));
+        let written = std::fs::write(&path, contents).and_then(|()| std::fs::File::open(&path));
+        let file =
+            written.map_err(|err| Failure::skip(format!("cannot write a file in the temporary directory: {err}")))?;
+        let sharing = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        // SAFETY: maps `contents.len()` bytes of the open file read-only at an address the kernel picks; unmapped in drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                contents.len(),
+                libc::PROT_READ,
+                sharing,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            let _ = std::fs::remove_file(&path);
+            return Err(Failure::new(format!(
+                "mmap of {} bytes failed: {}",
+                contents.len(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(ReadOnlyFileMapping {
+            address,
+            len: contents.len(),
+            path,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
+    }
+}
+
+impl Drop for ReadOnlyFileMapping {
+    fn drop(&mut self) {
+        // SAFETY: `address` and `len` are the mapping made in `new`; no borrow of `bytes` outlives `self`.
+        unsafe { libc::munmap(self.address, self.len) };
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Read-only file mappings, shared and private, import by some path the policy allows and
+/// read back exactly, without hanging: a driver that never returns from registering a
+/// private read-only file mapping (CUDA driver 580 did) must be kept from trying.
+fn read_only_file_mappings<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let contents = pattern(IMPORT_LEN, 8);
+    let device = ctx.device();
+    let stream = ctx.stream()?;
+    for shared in [true, false] {
+        let what = if shared { "MAP_SHARED" } else { "MAP_PRIVATE" };
+        let mapping = ReadOnlyFileMapping::new(&contents, shared)?;
+        let import = device
+            .import_host(mapping.bytes(), ImportPolicy::ANY, &stream)
+            .during(&format!("importing a read-only {what} file mapping"))?;
+        let read = read_back::<B>(&stream, &import, 0, contents.len())?;
+        ensure_bytes(
+            &read,
+            &contents,
+            &format!("a read-only {what} file mapping imported by {:?}", import.path()),
+        )?;
+    }
+    Ok(())
 }
