@@ -77,7 +77,7 @@ impl<'a> MapsLine<'a> {
             writable: perms.get(1) == Some(&b'w'),
             private: perms.get(3) == Some(&b'p'),
             inode,
-            path: fields.next().unwrap_or("").trim(),
+            path: fields.next().map_or("", str::trim),
         })
     }
 }

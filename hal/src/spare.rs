@@ -12,7 +12,8 @@
 //! owners alive at once, per type.
 
 use std::any::Any;
-use std::sync::{Mutex, PoisonError};
+
+use parking_lot::Mutex;
 
 /// Emptied states of freed owners, of any type, for the next owners to reuse.
 static SPARE: Mutex<Vec<&'static (dyn Any + Send + Sync)>> = Mutex::new(Vec::new());
@@ -21,8 +22,7 @@ static SPARE: Mutex<Vec<&'static (dyn Any + Send + Sync)>> = Mutex::new(Vec::new
 /// `make()` leaked.
 pub(crate) fn take<T: Any + Send + Sync>(make: impl FnOnce() -> T, reuse: impl FnOnce(&T)) -> &'static T {
     let spare = {
-        // A panic elsewhere while holding the lock leaves the vector intact.
-        let mut spares = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spares = SPARE.lock();
         spares
             .iter()
             .position(|state| state.downcast_ref::<T>().is_some())
@@ -48,5 +48,5 @@ struct OwnLines<T>(T);
 
 /// Hands back a state no owner points to any more; the caller has emptied it.
 pub(crate) fn give<T: Any + Send + Sync>(state: &'static T) {
-    SPARE.lock().unwrap_or_else(PoisonError::into_inner).push(state);
+    SPARE.lock().push(state);
 }
