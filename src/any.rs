@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use enum_dispatch::enum_dispatch;
 use gpuhal_hal::{
-    Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, ImportStats,
-    MemoryKind, MemoryStats, Result, Stream, StreamId,
+    Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, Graph, GraphExec,
+    GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryStats, Result, Stream, StreamId,
 };
 
 mod sealed {
@@ -33,6 +33,12 @@ pub trait CompiledBackend: Backend + sealed::Sealed {
     fn wrap_event(event: Self::Event) -> AnyEvent;
     /// Wraps a fence.
     fn wrap_fence(fence: Self::Fence) -> AnyFence;
+    /// Wraps a graph pool.
+    fn wrap_graph_pool(pool: GraphPool<Self>) -> AnyGraphPool;
+    /// Wraps a captured graph.
+    fn wrap_graph(graph: Self::Graph) -> AnyGraph;
+    /// Wraps an executable graph.
+    fn wrap_graph_exec(exec: Self::GraphExec) -> AnyGraphExec;
     /// This backend's device inside `any`, if it is one.
     fn device_of(any: &AnyDevice) -> Option<&Self::Device>;
     /// This backend's stream inside `any`, or [`Error::BackendMismatch`] naming `operation`.
@@ -43,6 +49,10 @@ pub trait CompiledBackend: Backend + sealed::Sealed {
     fn event_of<'a>(any: &'a AnyEvent, operation: &'static str) -> Result<&'a Self::Event>;
     /// This backend's fence inside `any`, or [`Error::BackendMismatch`].
     fn fence_of<'a>(any: &'a AnyFence, operation: &'static str) -> Result<&'a Self::Fence>;
+    /// This backend's graph pool inside `any`, or [`Error::BackendMismatch`].
+    fn graph_pool_of<'a>(any: &'a AnyGraphPool, operation: &'static str) -> Result<&'a GraphPool<Self>>;
+    /// This backend's graph inside `any`, or [`Error::BackendMismatch`].
+    fn graph_of<'a>(any: &'a AnyGraph, operation: &'static str) -> Result<&'a Self::Graph>;
 }
 
 /// A device of backend `B`, as held by [`AnyDevice`].
@@ -55,6 +65,12 @@ pub struct BufferOf<B: Backend>(pub Buffer<B>);
 pub struct EventOf<B: Backend>(pub B::Event);
 /// A fence of backend `B`, as held by [`AnyFence`].
 pub struct FenceOf<B: Backend>(pub B::Fence);
+/// A graph pool of backend `B`, as held by [`AnyGraphPool`].
+pub struct GraphPoolOf<B: Backend>(pub GraphPool<B>);
+/// A captured graph of backend `B`, as held by [`AnyGraph`].
+pub struct GraphOf<B: Backend>(pub B::Graph);
+/// An executable graph of backend `B`, as held by [`AnyGraphExec`].
+pub struct GraphExecOf<B: Backend>(pub B::GraphExec);
 
 macro_rules! debug_by_backend {
     ($($newtype:ident),*) => {$(
@@ -65,7 +81,7 @@ macro_rules! debug_by_backend {
         }
     )*};
 }
-debug_by_backend!(DeviceOf, StreamOf, EventOf, FenceOf);
+debug_by_backend!(DeviceOf, StreamOf, EventOf, FenceOf, GraphPoolOf, GraphOf, GraphExecOf);
 
 impl<B: Backend> std::fmt::Debug for BufferOf<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,6 +120,19 @@ pub trait DynDevice {
     fn memory_info(&self) -> Result<(u64, u64)>;
     /// Waits for all work on the device.
     fn synchronize(&self) -> Result<()>;
+    /// Bounds the bytes held idle in the cache (`None`: no bound).
+    fn set_cache_limit(&self, limit: Option<u64>);
+    /// Sets the allocator's reserve slack (see [`PoolConfig::reserve_slack`](crate::PoolConfig)).
+    fn set_reserve_slack(&self, slack: f64);
+    /// The policy applied to new managed allocations.
+    fn managed_policy(&self) -> ManagedPolicy;
+    /// Replaces the managed-memory policy for allocations made from now on.
+    fn set_managed_policy(&self, policy: ManagedPolicy);
+    /// A new graph pool, for captures on this device's streams.
+    fn graph_pool(&self) -> AnyGraphPool;
+    /// Makes `host` usable by the device by the cheapest path `policy` allows (see
+    /// [`Device::import_host`]).
+    fn import_host<'a>(&self, host: &'a [u8], policy: ImportPolicy, stream: &AnyStream) -> Result<HostImport<'a>>;
 }
 
 /// Stream operations, whatever the backend. Implemented by [`AnyStream`].
@@ -131,6 +160,46 @@ pub trait DynStream {
     fn signal(&self, fence: &AnyFence, value: u64) -> Result<()>;
     /// Makes later work on this stream wait until `fence` reaches `value`.
     fn wait(&self, fence: &AnyFence, value: u64) -> Result<()>;
+    /// Starts capturing this stream's work; its allocations until
+    /// [`end_capture`](Self::end_capture) come from `pool`.
+    fn begin_capture(&self, pool: &AnyGraphPool) -> Result<()>;
+    /// Ends the capture and returns the graph.
+    fn end_capture(&self) -> Result<AnyGraph>;
+    /// Whether a capture is in progress.
+    fn is_capturing(&self) -> bool;
+}
+
+/// Captured graph operations, whatever the backend. Implemented by [`AnyGraph`].
+#[enum_dispatch]
+pub trait DynGraph {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Makes an executable graph.
+    fn instantiate(&self) -> Result<AnyGraphExec>;
+    /// Number of operations captured.
+    fn node_count(&self) -> usize;
+}
+
+/// Executable graph operations, whatever the backend. Implemented by [`AnyGraphExec`].
+#[enum_dispatch]
+pub trait DynGraphExec {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Enqueues one replay on `stream`.
+    fn launch(&self, stream: &AnyStream) -> Result<()>;
+    /// Takes the parameters of `graph`, a capture of the same shape.
+    fn update(&mut self, graph: &AnyGraph) -> Result<()>;
+}
+
+/// Graph pool operations, whatever the backend. Implemented by [`AnyGraphPool`].
+#[enum_dispatch]
+pub trait DynGraphPool {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// The device whose allocator the pool draws on.
+    fn device(&self) -> DeviceId;
+    /// The pool's memory: what its captures hold, live and idle.
+    fn stats(&self) -> MemoryStats;
 }
 
 /// Buffer queries, whatever the backend. Implemented by [`AnyBuffer`].
@@ -226,6 +295,24 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     fn synchronize(&self) -> Result<()> {
         self.0.synchronize()
     }
+    fn set_cache_limit(&self, limit: Option<u64>) {
+        self.0.allocator().set_cache_limit(limit)
+    }
+    fn set_reserve_slack(&self, slack: f64) {
+        self.0.allocator().set_reserve_slack(slack)
+    }
+    fn managed_policy(&self) -> ManagedPolicy {
+        self.0.managed_policy()
+    }
+    fn set_managed_policy(&self, policy: ManagedPolicy) {
+        self.0.set_managed_policy(policy)
+    }
+    fn graph_pool(&self) -> AnyGraphPool {
+        B::wrap_graph_pool(self.0.graph_pool())
+    }
+    fn import_host<'a>(&self, host: &'a [u8], policy: ImportPolicy, stream: &AnyStream) -> Result<HostImport<'a>> {
+        self.0.import_host(host, policy, B::stream_of(stream, "import_host")?)
+    }
 }
 
 impl<B: CompiledBackend> DynStream for StreamOf<B> {
@@ -263,6 +350,51 @@ impl<B: CompiledBackend> DynStream for StreamOf<B> {
     }
     fn wait(&self, fence: &AnyFence, value: u64) -> Result<()> {
         self.0.wait(B::fence_of(fence, "wait")?, value)
+    }
+    fn begin_capture(&self, pool: &AnyGraphPool) -> Result<()> {
+        self.0.begin_capture(B::graph_pool_of(pool, "begin_capture")?)
+    }
+    fn end_capture(&self) -> Result<AnyGraph> {
+        self.0.end_capture().map(B::wrap_graph)
+    }
+    fn is_capturing(&self) -> bool {
+        self.0.is_capturing()
+    }
+}
+
+impl<B: CompiledBackend> DynGraph for GraphOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn instantiate(&self) -> Result<AnyGraphExec> {
+        self.0.instantiate().map(B::wrap_graph_exec)
+    }
+    fn node_count(&self) -> usize {
+        self.0.node_count()
+    }
+}
+
+impl<B: CompiledBackend> DynGraphExec for GraphExecOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn launch(&self, stream: &AnyStream) -> Result<()> {
+        self.0.launch(B::stream_of(stream, "launch")?)
+    }
+    fn update(&mut self, graph: &AnyGraph) -> Result<()> {
+        self.0.update(B::graph_of(graph, "update")?)
+    }
+}
+
+impl<B: CompiledBackend> DynGraphPool for GraphPoolOf<B> {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    fn device(&self) -> DeviceId {
+        self.0.device()
+    }
+    fn stats(&self) -> MemoryStats {
+        self.0.stats()
     }
 }
 
@@ -414,6 +546,51 @@ pub enum AnyFence {
     Vulkan(FenceOf<gpuhal_vulkan::VulkanBackend>),
 }
 
+/// A graph pool of any compiled-in backend: captures given the same pool share its memory.
+#[enum_dispatch(DynGraphPool)]
+#[derive(Debug)]
+pub enum AnyGraphPool {
+    /// The mock's.
+    #[cfg(feature = "mock")]
+    Mock(GraphPoolOf<gpuhal_mock::MockBackend>),
+    /// CUDA's.
+    #[cfg(feature = "cuda")]
+    Cuda(GraphPoolOf<gpuhal_cuda::CudaBackend>),
+    /// Vulkan's.
+    #[cfg(feature = "vulkan")]
+    Vulkan(GraphPoolOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// A captured graph of any compiled-in backend.
+#[enum_dispatch(DynGraph)]
+#[derive(Debug)]
+pub enum AnyGraph {
+    /// The mock's.
+    #[cfg(feature = "mock")]
+    Mock(GraphOf<gpuhal_mock::MockBackend>),
+    /// CUDA's.
+    #[cfg(feature = "cuda")]
+    Cuda(GraphOf<gpuhal_cuda::CudaBackend>),
+    /// Vulkan's.
+    #[cfg(feature = "vulkan")]
+    Vulkan(GraphOf<gpuhal_vulkan::VulkanBackend>),
+}
+
+/// An executable graph of any compiled-in backend.
+#[enum_dispatch(DynGraphExec)]
+#[derive(Debug)]
+pub enum AnyGraphExec {
+    /// The mock's.
+    #[cfg(feature = "mock")]
+    Mock(GraphExecOf<gpuhal_mock::MockBackend>),
+    /// CUDA's.
+    #[cfg(feature = "cuda")]
+    Cuda(GraphExecOf<gpuhal_cuda::CudaBackend>),
+    /// Vulkan's.
+    #[cfg(feature = "vulkan")]
+    Vulkan(GraphExecOf<gpuhal_vulkan::VulkanBackend>),
+}
+
 /// Implements [`CompiledBackend`] for one backend: wrapping is the variant constructor,
 /// projection a match whose other arms are the mismatch.
 macro_rules! compiled_backend {
@@ -437,6 +614,15 @@ macro_rules! compiled_backend {
             }
             fn wrap_fence(fence: Self::Fence) -> AnyFence {
                 AnyFence::$variant(FenceOf(fence))
+            }
+            fn wrap_graph_pool(pool: GraphPool<Self>) -> AnyGraphPool {
+                AnyGraphPool::$variant(GraphPoolOf(pool))
+            }
+            fn wrap_graph(graph: Self::Graph) -> AnyGraph {
+                AnyGraph::$variant(GraphOf(graph))
+            }
+            fn wrap_graph_exec(exec: Self::GraphExec) -> AnyGraphExec {
+                AnyGraphExec::$variant(GraphExecOf(exec))
             }
             fn device_of(any: &AnyDevice) -> Option<&Self::Device> {
                 match any {
@@ -465,6 +651,18 @@ macro_rules! compiled_backend {
             fn fence_of<'a>(any: &'a AnyFence, operation: &'static str) -> Result<&'a Self::Fence> {
                 match any {
                     AnyFence::$variant(FenceOf(fence)) => Ok(fence),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+            fn graph_pool_of<'a>(any: &'a AnyGraphPool, operation: &'static str) -> Result<&'a GraphPool<Self>> {
+                match any {
+                    AnyGraphPool::$variant(GraphPoolOf(pool)) => Ok(pool),
+                    other => Err(mismatch(operation, Self::NAME, other.backend())),
+                }
+            }
+            fn graph_of<'a>(any: &'a AnyGraph, operation: &'static str) -> Result<&'a Self::Graph> {
+                match any {
+                    AnyGraph::$variant(GraphOf(graph)) => Ok(graph),
                     other => Err(mismatch(operation, Self::NAME, other.backend())),
                 }
             }
@@ -555,6 +753,34 @@ impl AnyDevice {
             ..Default::default()
         };
         gpuhal_mock::MockDevice::open(config).map(|device| AnyDevice::Mock(DeviceOf(device)))
+    }
+
+    /// A stream over a native stream the caller created (a framework's current stream, the
+    /// null stream), with a cache in this device's allocator; gpuhal never destroys it.
+    /// Only the CUDA backend has native streams to adopt: elsewhere this is
+    /// [`Error::InvalidArgument`] naming the backend.
+    ///
+    /// # Safety
+    ///
+    /// As `gpuhal_cuda::CudaDevice::adopt_stream`: `raw` is a `CUstream` of this device's
+    /// context (or a special default-stream handle) that outlives the returned stream and
+    /// every buffer allocated on it.
+    pub unsafe fn adopt_stream(&self, raw: *mut std::ffi::c_void) -> Result<AnyStream> {
+        match self {
+            #[cfg(feature = "cuda")]
+            AnyDevice::Cuda(DeviceOf(device)) => {
+                // SAFETY: the caller upholds adopt_stream's contract, which is this one.
+                unsafe { device.adopt_stream(raw.cast()) }.map(|stream| AnyStream::Cuda(StreamOf(stream)))
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(Error::invalid(
+                "adopt_stream",
+                format!(
+                    "stream {raw:p}: only the CUDA backend has native streams to adopt, and this device is {}",
+                    other.backend()
+                ),
+            )),
+        }
     }
 
     /// Wraps a device already opened through its backend.

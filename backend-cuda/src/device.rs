@@ -254,6 +254,51 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
+/// The legacy default stream (`CU_STREAM_LEGACY`), which synchronizes with every blocking
+/// stream of the context; the null stream means the same in the driver API.
+pub const LEGACY_DEFAULT_STREAM: raw::CUstream = 0x1 as raw::CUstream;
+/// The per-thread default stream (`CU_STREAM_PER_THREAD`).
+pub const PER_THREAD_DEFAULT_STREAM: raw::CUstream = 0x2 as raw::CUstream;
+
+impl CudaDevice {
+    /// A gpuhal stream over a stream the framework created: its work is ordered with the
+    /// framework's own kernels on it, and its buffers have a cache in this device's
+    /// allocator like any stream's. gpuhal never destroys it. The null stream,
+    /// [`LEGACY_DEFAULT_STREAM`] and [`PER_THREAD_DEFAULT_STREAM`] are accepted too.
+    ///
+    /// Adopting the same native stream twice gives two gpuhal streams with separate caches;
+    /// frameworks that adopt per call should keep the first one (as the PyTorch allocator of
+    /// the C ABI does).
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a stream of this device's primary context (or one of the special
+    /// handles above), and must stay alive until the returned stream and every buffer
+    /// allocated on it have dropped and their stream-ordered frees have been enqueued.
+    ///
+    /// ```no_run
+    /// # fn framework_stream() -> gpuhal_cuda::sys::CUstream { std::ptr::null_mut() }
+    /// use gpuhal_cuda::CudaDevice;
+    /// use gpuhal_hal::{Device, MemoryKind};
+    ///
+    /// let device = CudaDevice::open(0)?;
+    /// // SAFETY: the framework keeps its stream alive for longer than `stream` and its buffers.
+    /// let stream = unsafe { device.adopt_stream(framework_stream()) }?;
+    /// let buffer = device.allocate(1 << 20, MemoryKind::Device, &stream)?;
+    /// # Ok::<(), gpuhal_hal::Error>(())
+    /// ```
+    pub unsafe fn adopt_stream(&self, raw: raw::CUstream) -> Result<CudaStream> {
+        self.ctx.bind()?;
+        Ok(CudaStream::adopt(
+            &self.ctx,
+            &self.allocator,
+            self.info.id,
+            self.caps.contains(Capabilities::TIMELINE_FENCE),
+            raw,
+        ))
+    }
+}
+
 impl gpuhal_hal::Device<CudaBackend> for CudaDevice {
     fn info(&self) -> &DeviceInfo {
         &self.info

@@ -38,7 +38,7 @@ mod raw;
 mod stream;
 
 pub use context::{driver_available, driver_version};
-pub use device::{CudaDevice, DeviceAttributes};
+pub use device::{CudaDevice, DeviceAttributes, LEGACY_DEFAULT_STREAM, PER_THREAD_DEFAULT_STREAM};
 pub use event::{CudaEvent, CudaEvents, RawEvent};
 pub use fence::CudaFence;
 pub use graph::{CudaGraph, CudaGraphExec};

@@ -21,6 +21,8 @@ struct OwnedStream {
     raw: CUstream,
     id: StreamId,
     ctx: Arc<Context>,
+    /// False for a stream adopted from a framework: its owner destroys it, not gpuhal.
+    owned: bool,
 }
 
 // SAFETY: CUDA streams may be used from any thread; the driver orders work internally.
@@ -30,7 +32,7 @@ unsafe impl Sync for OwnedStream {}
 
 impl Drop for OwnedStream {
     fn drop(&mut self) {
-        if self.ctx.bind().is_ok() {
+        if self.owned && self.ctx.bind().is_ok() {
             // Work already enqueued still completes; the driver releases the stream after.
             let _ = raw::stream_destroy(self.raw);
         }
@@ -82,21 +84,50 @@ impl CudaStream {
     ) -> Result<Self> {
         ctx.bind()?;
         let raw = raw::stream_create().context(|| format!("creating a stream on CUDA device {}", ctx.ordinal()))?;
+        Ok(Self::wrap(ctx, allocator, device, timeline, raw, true))
+    }
+
+    /// A stream over `raw`, which the caller created and keeps alive; see
+    /// [`CudaDevice::adopt_stream`](crate::CudaDevice::adopt_stream).
+    pub(crate) fn adopt(
+        ctx: &Arc<Context>,
+        allocator: &gpuhal_hal::CachingAllocator<CudaMemory>,
+        device: DeviceId,
+        timeline: bool,
+        raw: CUstream,
+    ) -> Self {
+        Self::wrap(ctx, allocator, device, timeline, raw, false)
+    }
+
+    fn wrap(
+        ctx: &Arc<Context>,
+        allocator: &gpuhal_hal::CachingAllocator<CudaMemory>,
+        device: DeviceId,
+        timeline: bool,
+        raw: CUstream,
+        owned: bool,
+    ) -> Self {
         let id = StreamId::fresh();
         let handle = StreamHandle(Arc::new(OwnedStream {
             raw,
             id,
             ctx: ctx.clone(),
+            owned,
         }));
         let cache = allocator.stream_cache(handle.clone(), id);
-        Ok(CudaStream {
+        CudaStream {
             handle,
             cache,
             device,
             ctx: ctx.clone(),
             timeline,
             capture: Mutex::new(None),
-        })
+        }
+    }
+
+    /// Whether gpuhal created this stream (and destroys it), as opposed to adopting it.
+    pub fn is_owned(&self) -> bool {
+        self.handle.0.owned
     }
 
     /// The native stream, for launching kernels on it.

@@ -836,6 +836,60 @@ fn gpu_host_import_of_a_read_only_mmap() {
 /// Lists the tests for the harness: `cargo test` runs this `main` (harness = false), so a
 /// GPU test can be reported as ignored, with the reason, when there is no driver, instead
 /// of as passed.
+/// A framework's own streams, adopted: a stream it created, the null stream, the legacy and
+/// the per-thread default stream. Each caches like a gpuhal stream, orders gpuhal's work with
+/// the framework's, and is left alive when the gpuhal stream drops.
+fn gpu_adopted_streams_cache_and_are_not_destroyed() {
+    use cudarc::driver::sys;
+    let device = device();
+    let mut own: sys::CUstream = std::ptr::null_mut();
+    // `device()` bound the primary context on this thread; gpuhal binds it again per call.
+    drop(device.create_stream().unwrap());
+    // SAFETY: `own` is a valid out-pointer; the context is current on this thread.
+    let status = unsafe { sys::cuStreamCreate(&mut own, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) };
+    assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuStreamCreate");
+    let raws = [
+        ("framework stream", own),
+        ("null stream", std::ptr::null_mut()),
+        ("legacy default stream", gpuhal_cuda::LEGACY_DEFAULT_STREAM),
+        ("per-thread default stream", gpuhal_cuda::PER_THREAD_DEFAULT_STREAM),
+    ];
+    for (what, raw) in raws {
+        // SAFETY: every handle above outlives the adopted stream and its buffers (`own` is
+        // destroyed at the end of the test, the special handles always exist).
+        let stream = unsafe { device.adopt_stream(raw) }.unwrap();
+        assert!(!stream.is_owned());
+        assert_eq!(stream.raw(), raw, "{what}");
+        let before = device.memory_stats();
+        for _ in 0..10 {
+            let buffer = device.allocate(1 << 20, MemoryKind::Device, &stream).unwrap();
+            stream.fill(&buffer, 0, 1 << 20, 0x5A).unwrap();
+            let mut host = vec![0u8; 1 << 20];
+            stream.read(&buffer, 0, &mut host).unwrap();
+            assert!(host.iter().all(|&b| b == 0x5A), "{what}: fill read back");
+        }
+        let after = device.memory_stats();
+        assert_eq!(
+            after.cache_misses - before.cache_misses,
+            1,
+            "{what}: one miss, then hits"
+        );
+        assert_eq!(after.cache_hits - before.cache_hits, 9, "{what}");
+        drop(stream);
+        // The native stream still works after gpuhal let go of it.
+        // SAFETY: `raw` is alive (see above).
+        let status = unsafe { sys::cuStreamSynchronize(raw) };
+        assert_eq!(
+            status,
+            sys::CUresult::CUDA_SUCCESS,
+            "{what} usable after the gpuhal stream dropped"
+        );
+    }
+    // SAFETY: no gpuhal stream or buffer refers to `own` any more.
+    let status = unsafe { sys::cuStreamDestroy_v2(own) };
+    assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuStreamDestroy");
+}
+
 fn main() -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     if skip_reason().is_some() {
@@ -882,6 +936,10 @@ fn main() -> std::process::ExitCode {
         gpu_test(
             "gpu_host_import_of_a_read_only_mmap",
             gpu_host_import_of_a_read_only_mmap,
+        ),
+        gpu_test(
+            "gpu_adopted_streams_cache_and_are_not_destroyed",
+            gpu_adopted_streams_cache_and_are_not_destroyed,
         ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
