@@ -1,0 +1,248 @@
+"""The Python layer over gpuhal's C ABI, on the mock backend: no torch, no GPU.
+
+Run from the repository root after `cargo build -p gpuhal-capi`:
+
+    GPUHAL_LIBRARY=target/debug/libgpuhal_capi.so PYTHONPATH=python \
+        python3 -m unittest discover -s python/tests -v
+
+Without the library every test errors (the module's setup raises FileNotFoundError): a missing
+build must never look like a pass.
+"""
+
+import ctypes
+import os
+import unittest
+
+import gpuhal
+import gpuhal.torch as gtorch
+from gpuhal import Device, GpuhalError, MemoryKind, Status, _lib
+
+BACKEND = "mock:coherent"
+MiB = 1 << 20
+
+
+def setUpModule():
+    # Fails the whole module loudly when the library is missing or lacks a function.
+    _lib.lib()
+    # Configure the library only: these tests call gpuhal_torch_malloc/free through ctypes, as
+    # torch would, and must not install the allocator into a torch that may be installed.
+    installed = gtorch.enable(kind="device", backend=BACKEND, install_allocator=False)
+    assert installed is False, "install_allocator=False must only configure the library"
+
+
+def raw():
+    return gtorch.raw_stats(0)
+
+
+class TorchEntryPoints(unittest.TestCase):
+    """gpuhal_torch_malloc/free and the stats, called exactly as PyTorch calls them."""
+
+    def test_allocations_are_aligned_disjoint_and_counted_live(self):
+        sizes = [1, 255, 256, 4097, MiB, 3 * MiB + 7]
+        before = gtorch.memory_stats()
+        addresses = [gtorch.malloc(size) for size in sizes]
+        try:
+            for address, size in zip(addresses, sizes):
+                self.assertEqual(address % 256, 0, f"{size}-byte allocation at {address:#x}")
+            spans = sorted(zip(addresses, sizes))
+            for (start, size), (next_start, _) in zip(spans, spans[1:]):
+                self.assertLessEqual(start + size, next_start, "allocations overlap")
+            held = gtorch.memory_stats()
+            self.assertGreaterEqual(
+                held["allocated_bytes.all.current"] - before["allocated_bytes.all.current"], sum(sizes)
+            )
+            self.assertEqual(held["allocation.all.current"] - before["allocation.all.current"], len(sizes))
+            self.assertGreaterEqual(held["allocated_bytes.all.peak"], held["allocated_bytes.all.current"])
+            self.assertGreaterEqual(held["reserved_bytes.all.current"], held["allocated_bytes.all.current"])
+        finally:
+            for address, size in zip(addresses, sizes):
+                gtorch.free(address, size)
+        after = gtorch.memory_stats()
+        self.assertEqual(after["allocated_bytes.all.current"], before["allocated_bytes.all.current"])
+        self.assertEqual(after["gpuhal.free_errors"], before["gpuhal.free_errors"])
+
+    def test_a_freed_block_is_reused_from_the_cache(self):
+        stream = 0x51  # any value: the mock gives each distinct stream value its own stream
+        first = gtorch.malloc(2 * MiB, 0, stream)
+        gtorch.free(first, 2 * MiB, 0, stream)
+        before = raw()
+        second = gtorch.malloc(2 * MiB, 0, stream)
+        after = raw()
+        gtorch.free(second, 2 * MiB, 0, stream)
+        self.assertEqual(after["cache_hits"] - before["cache_hits"], 1)
+        self.assertEqual(after["native_allocations"], before["native_allocations"])
+        self.assertGreaterEqual(after["live_bytes"] - before["live_bytes"], 2 * MiB)
+
+    def test_memory_stats_has_torch_names_and_every_gpuhal_counter(self):
+        stats = gtorch.memory_stats()
+        torch_names = {
+            "allocated_bytes.all.current",
+            "allocated_bytes.all.peak",
+            "allocation.all.current",
+            "active.all.current",
+            "reserved_bytes.all.current",
+            "reserved_bytes.all.peak",
+            "segment.all.current",
+            "num_device_alloc",
+            "num_device_free",
+            "num_alloc_retries",
+            "num_ooms",
+        }
+        gpuhal_names = {f"gpuhal.{name}" for name in _lib.MEMORY_STATS_FIELDS}
+        gpuhal_names |= {"gpuhal.malloc_errors", "gpuhal.free_errors"}
+        self.assertEqual(set(stats), torch_names | gpuhal_names)
+        for name, value in stats.items():
+            self.assertIsInstance(value, int, name)
+            self.assertGreaterEqual(value, 0, name)
+        self.assertEqual(list(stats), sorted(stats), "keys are sorted, as torch.cuda.memory_stats() has them")
+        self.assertGreaterEqual(stats["reserved_bytes.all.peak"], stats["reserved_bytes.all.current"])
+
+    def test_free_of_a_pointer_never_handed_out_is_counted_and_harmless(self):
+        before = raw()
+        gtorch.free(0xDEAD0000, 4096)
+        after = raw()
+        self.assertEqual(after["free_errors"] - before["free_errors"], 1)
+        self.assertEqual(after["live_bytes"], before["live_bytes"])
+        self.assertIsNotNone(gpuhal.last_error_message())
+        self.assert_still_serves()
+
+    def test_double_free_is_counted_and_the_allocator_keeps_serving(self):
+        address = gtorch.malloc(8192)
+        gtorch.free(address, 8192)
+        before = raw()
+        gtorch.free(address, 8192)
+        after = raw()
+        self.assertEqual(after["free_errors"] - before["free_errors"], 1)
+        self.assertEqual(after["live_bytes"], before["live_bytes"])
+        self.assert_still_serves()
+
+    def test_free_of_null_is_a_no_op(self):
+        before = raw()
+        gtorch.free(0, 0)
+        self.assertEqual(raw()["free_errors"], before["free_errors"])
+
+    def test_negative_size_returns_null_with_a_message(self):
+        self.assert_malloc_refused(-1, 0)
+
+    def test_size_past_any_memory_returns_null_with_a_message(self):
+        self.assert_malloc_refused(2**63 - 1, 0)
+        self.assert_malloc_refused(2**62, 0)
+
+    def test_device_index_out_of_range_returns_null_with_a_message(self):
+        self.assert_malloc_refused(256, 1000)
+        self.assert_malloc_refused(256, -1)
+
+    def test_enable_again_with_other_settings_is_refused(self):
+        with self.assertRaises(RuntimeError):
+            gtorch.enable(kind="managed", backend=BACKEND, install_allocator=False)
+        self.assertFalse(gtorch.enable(kind="device", backend=BACKEND, install_allocator=False), "a no-op")
+
+    def test_enable_rejects_a_bad_kind_before_touching_the_library(self):
+        with self.assertRaises(ValueError):
+            gtorch.enable(kind="pinned")
+
+    def assert_malloc_refused(self, size, device):
+        before = raw()
+        with self.assertRaises(GpuhalError) as refused:
+            gtorch.malloc(size, device)
+        self.assertEqual(refused.exception.status_name, "NULL")
+        self.assertTrue(refused.exception.message, f"malloc({size}, device={device}) gave no message")
+        self.assertEqual(raw()["malloc_errors"] - before["malloc_errors"], 1)
+        self.assert_still_serves()
+
+    def assert_still_serves(self):
+        address = gtorch.malloc(1024)
+        self.assertNotEqual(address, 0)
+        gtorch.free(address, 1024)
+
+
+class GenericApi(unittest.TestCase):
+    """The backend-neutral functions through Device and Stream."""
+
+    def test_statuses_have_the_library_names(self):
+        for status in Status:
+            self.assertEqual(_lib.status_name(status), status.name)
+
+    def test_round_trip_through_a_stream(self):
+        with Device(BACKEND) as device, device.stream() as stream:
+            address = device.malloc(4096, stream)
+            self.assertEqual(address % 256, 0)
+            payload = bytes(range(256)) * 16
+            stream.write(address, payload)
+            self.assertEqual(stream.read(address, 4096), payload)
+            stream.fill(address + 100, 50, 0xAB)
+            stream.synchronize()
+            self.assertEqual(stream.read(address, 4096), payload[:100] + b"\xab" * 50 + payload[150:])
+            self.assertGreaterEqual(device.memory_stats()["live_bytes"], 4096)
+            device.free(address)
+            self.assertEqual(device.memory_stats()["live_bytes"], 0)
+
+    def test_bad_backend_name_is_an_error_naming_it(self):
+        with self.assertRaises(GpuhalError) as failed:
+            Device("no-such-backend")
+        self.assertNotEqual(failed.exception.status, Status.OK)
+        self.assertIn("no-such-backend", failed.exception.message)
+        self.assertIn("no-such-backend", str(failed.exception))
+
+    def test_closed_device_handle_is_invalid(self):
+        device = Device(BACKEND)
+        device.close()
+        for action in (device.close, device.stream, device.memory_stats):
+            with self.assertRaises(GpuhalError) as failed:
+                action()
+            self.assertEqual(failed.exception.status, Status.INVALID_HANDLE, action)
+
+    def test_destroyed_stream_and_null_handles_are_invalid(self):
+        with Device(BACKEND) as device:
+            stream = device.stream()
+            stream.close()
+            with self.assertRaises(GpuhalError) as failed:
+                stream.synchronize()
+            self.assertEqual(failed.exception.status, Status.INVALID_HANDLE)
+            out = _lib.GpuhalStream()
+            status = _lib.lib().gpuhal_stream_create(_lib.GpuhalDevice(0), ctypes.byref(out))
+            self.assertEqual(status, Status.INVALID_HANDLE)
+
+    def test_unknown_and_double_freed_pointers_are_reported(self):
+        with Device(BACKEND) as device, device.stream() as stream:
+            with self.assertRaises(GpuhalError) as unknown:
+                device.free(0xDEAD0000)
+            self.assertEqual(unknown.exception.status, Status.UNKNOWN_POINTER)
+            address = device.malloc(512, stream)
+            device.free(address)
+            with self.assertRaises(GpuhalError) as twice:
+                device.free(address)
+            self.assertEqual(twice.exception.status, Status.UNKNOWN_POINTER)
+            device.free(0)  # NULL: a no-op
+
+    def test_memory_limit_refuses_what_does_not_fit(self):
+        with Device(BACKEND) as device, device.stream() as stream:
+            device.set_memory_limit(4 * MiB)
+            with self.assertRaises(GpuhalError) as refused:
+                device.malloc(8 * MiB, stream)
+            self.assertEqual(refused.exception.status, Status.OUT_OF_MEMORY)
+            address = device.malloc(MiB, stream, MemoryKind.DEVICE)
+            device.free(address)
+
+    def test_a_stream_handle_is_refused_where_a_device_is_expected(self):
+        with Device(BACKEND) as device, device.stream() as stream:
+            with self.assertRaises(ctypes.ArgumentError):
+                _lib.lib().gpuhal_device_close(stream.handle)
+
+
+class Loading(unittest.TestCase):
+    def test_a_library_path_naming_no_file_is_an_error(self):
+        saved = os.environ.get(_lib.LIBRARY_ENV)
+        os.environ[_lib.LIBRARY_ENV] = "no/such/libgpuhal_capi.so"
+        try:
+            with self.assertRaises(FileNotFoundError):
+                _lib.library_path()
+        finally:
+            if saved is None:
+                del os.environ[_lib.LIBRARY_ENV]
+            else:
+                os.environ[_lib.LIBRARY_ENV] = saved
+
+
+if __name__ == "__main__":
+    unittest.main()
