@@ -14,7 +14,7 @@ use gpuhal_hal::{Error, Region, Result, StreamId};
 use crate::clock::VectorClock;
 use crate::fence::FenceState;
 pub(crate) use crate::lifetimes::Use;
-use crate::lifetimes::{Access, HandOut, Life, Lifetimes, Shard};
+use crate::lifetimes::{Access, Ending, HandOut, Life, Lifetimes, Shard};
 use crate::raw::{ImportedHost, Target};
 
 /// `Region::native` of host imports carries this bit (native allocation ids never do).
@@ -39,8 +39,10 @@ pub(crate) enum Mode {
 pub(crate) struct Resolved {
     /// None for an empty range.
     pub(crate) target: Option<Target>,
-    /// The live buffer the range lies in (its shard and address), for the race checker.
+    /// The buffer the range lies in (its shard and address), for the race checker.
     handout: Option<(usize, u64)>,
+    /// The bytes the range covers (device addresses, end exclusive).
+    bytes: (u64, u64),
 }
 
 impl Resolved {
@@ -48,6 +50,7 @@ impl Resolved {
     pub(crate) fn touch(&self, kind: Use, operation: &'static str) -> Touch {
         Touch {
             handout: self.handout,
+            bytes: self.bytes,
             kind,
             operation,
         }
@@ -57,6 +60,7 @@ impl Resolved {
 /// One access an operation is about to make, for [`Checker::check_accesses`].
 pub(crate) struct Touch {
     handout: Option<(usize, u64)>,
+    bytes: (u64, u64),
     kind: Use,
     operation: &'static str,
 }
@@ -108,6 +112,7 @@ impl Checker {
             return Ok(Resolved {
                 target: None,
                 handout: None,
+                bytes: (region.address, region.address),
             });
         }
         let address = region.address;
@@ -204,24 +209,29 @@ impl Checker {
         Ok(Resolved {
             target: Some(target),
             handout: live.then_some((index, start)),
+            bytes: (address, address + len),
         })
     }
 
     /// A replayed range inside a graph pool's segment: valid while the segment lives,
-    /// whatever captures carved from it since. Race-checked when a live buffer holds it.
+    /// whatever captures carved from it since. Race-checked through the record of the
+    /// buffer that holds it, live or returned: a range reused by another capture is
+    /// the same memory, and the next buffer handed out there inherits its accesses.
     fn resolve_in_graph_segment(shard: &Shard, index: usize, region: &Region) -> Option<Resolved> {
         let allocation = shard.native(region.native).filter(|a| a.graph_segment)?;
         let offset = region.address.checked_sub(allocation.address())?;
         let target = Target::native(allocation.clone(), offset, region.len)?;
+        let end = region.address + region.len;
         let handout = shard
             .handouts
             .range(..=region.address)
             .next_back()
-            .filter(|(start, h)| matches!(h.life, Life::Live) && region.address + region.len <= *start + h.len)
+            .filter(|(start, h)| h.native == region.native && end <= *start + h.len)
             .map(|(start, _)| (index, *start));
         Some(Resolved {
             target: Some(target),
             handout,
+            bytes: (region.address, end),
         })
     }
 
@@ -248,6 +258,7 @@ impl Checker {
         Ok(Resolved {
             target: Some(target),
             handout: None,
+            bytes: (address, address + len),
         })
     }
 
@@ -324,28 +335,13 @@ impl Checker {
                 continue;
             };
             let history = &handout.history;
+            let unordered = |accesses: &[Access]| accesses.iter().find(|a| !happened_before(a)).copied();
             let conflict = match touch.kind {
-                Use::Read => history.last_write.filter(|w| !happened_before(w)),
-                Use::Write => history
-                    .last_write
-                    .filter(|w| !happened_before(w))
-                    .or_else(|| history.reads.iter().copied().find(|r| !happened_before(r))),
+                Use::Read => unordered(&history.writes),
+                Use::Write => unordered(&history.writes).or_else(|| unordered(&history.reads)),
             };
             if let Some(prior) = conflict {
-                let current = Access {
-                    agent,
-                    tick,
-                    ordered,
-                    stream,
-                    operation: touch.operation,
-                    kind: touch.kind,
-                };
-                return Err(Error::Race {
-                    address: key,
-                    allocation: handout.serial,
-                    first: prior.describe(),
-                    second: current.describe(),
-                });
+                return Err(Self::race(key, handout, &prior, stream, touch));
             }
         }
         for touch in touches {
@@ -361,11 +357,15 @@ impl Checker {
                 stream,
                 operation: touch.operation,
                 kind: touch.kind,
+                start: touch.bytes.0,
+                end: touch.bytes.1,
+                through: None,
             };
             let history = &mut handout.history;
             match touch.kind {
                 Use::Write => {
-                    history.last_write = Some(access);
+                    history.writes.clear();
+                    history.writes.push(access);
                     history.reads.clear();
                 }
                 Use::Read => {
@@ -375,6 +375,69 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// The report of `touch` by `stream` conflicting with the earlier access `prior` to
+    /// the buffer `handout` (at `address`). When `prior` went through an earlier buffer
+    /// of the same memory, the report says how the memory passed from one to the other
+    /// and what would have ordered them.
+    fn race(address: u64, handout: &HandOut, prior: &Access, stream: StreamId, touch: &Touch) -> Error {
+        let verb = |kind: Use| match kind {
+            Use::Read => "read",
+            Use::Write => "written",
+        };
+        let Some(earlier) = prior.through else {
+            let current = format!(
+                "{stream} {} it ({})",
+                if touch.kind == Use::Read { "reads" } else { "writes" },
+                touch.operation
+            );
+            return Error::Race {
+                address,
+                allocation: handout.serial,
+                first: prior.describe(),
+                second: current,
+            };
+        };
+        let (freed, undeclared, remedy) = match earlier.ending {
+            Ending::Cache(owner) => (
+                format!("freed on {owner} by drop"),
+                ", never declared with `record_use`",
+                format!(
+                    "declare the use on {} with `record_use` before the drop, or make {stream} wait on an event \
+                     recorded on {} after its {}",
+                    prior.stream, prior.stream, prior.operation
+                ),
+            ),
+            Ending::GraphPool => (
+                "freed by drop into its graph pool".to_string(),
+                "",
+                format!(
+                    "graph pool buffers take no `record_use`: make {stream} wait on an event recorded on {} \
+                     after its {}",
+                    prior.stream, prior.operation
+                ),
+            ),
+            Ending::NativeFreed => (
+                "its native memory freed".to_string(),
+                "",
+                format!("make {stream} wait on an event recorded on {}", prior.stream),
+            ),
+        };
+        Error::Race {
+            address,
+            allocation: handout.serial,
+            first: format!(
+                "allocation #{} ({freed}, last {} on {} by {}{undeclared}) was handed out again on {} as allocation #{}",
+                earlier.serial,
+                verb(prior.kind),
+                prior.stream,
+                prior.operation,
+                handout.stream,
+                handout.serial
+            ),
+            second: format!("{} by {} on {stream} ({remedy})", verb(touch.kind), touch.operation),
+        }
     }
 
     /// Fence waits whose signal is not known yet, over every clock (the host's and every

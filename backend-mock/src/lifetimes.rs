@@ -39,6 +39,20 @@ pub(crate) struct Access {
     pub(crate) stream: StreamId,
     pub(crate) operation: &'static str,
     pub(crate) kind: Use,
+    /// The bytes touched (device addresses, end exclusive): what a later hand-out of
+    /// the same memory inherits.
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    /// Set once the access is inherited by a later hand-out of its memory: the buffer
+    /// it was made through, and how that buffer ended.
+    pub(crate) through: Option<Predecessor>,
+}
+
+/// The earlier buffer an inherited access went through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Predecessor {
+    pub(crate) serial: u64,
+    pub(crate) ending: Ending,
 }
 
 impl Access {
@@ -51,10 +65,31 @@ impl Access {
     }
 }
 
+/// The accesses a later one must be ordered after: the last write (or, for memory
+/// inherited from several earlier buffers, each of their last writes) and the reads
+/// since, one per agent.
 #[derive(Debug, Default)]
 pub(crate) struct History {
-    pub(crate) last_write: Option<Access>,
+    pub(crate) writes: Vec<Access>,
     pub(crate) reads: Vec<Access>,
+}
+
+impl History {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.reads.is_empty()
+    }
+
+    /// Takes over the accesses of `earlier` that touched `start..end`, marked as made
+    /// through `through` when they were not inherited already.
+    fn inherit(&mut self, earlier: &History, through: Option<Predecessor>, start: u64, end: u64) {
+        let overlaps = |a: &&Access| a.start < end && start < a.end;
+        let stamp = |a: &Access| Access {
+            through: a.through.or(through),
+            ..*a
+        };
+        self.writes.extend(earlier.writes.iter().filter(overlaps).map(stamp));
+        self.reads.extend(earlier.reads.iter().filter(overlaps).map(stamp));
+    }
 }
 
 /// How a buffer stopped being live (formatted only for an error message).
@@ -78,7 +113,7 @@ impl Ending {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Life {
     Live,
     /// Returned to the pool (or the native memory freed).
@@ -95,6 +130,11 @@ pub(crate) struct HandOut {
     /// None once the native memory is freed.
     pub(crate) allocation: Option<Arc<NativeAllocation>>,
     pub(crate) life: Life,
+    /// The stream it was handed out on (the capturing stream for a graph pool).
+    pub(crate) stream: StreamId,
+    /// Accesses through this buffer, and those through earlier buffers of the same
+    /// memory that it inherited when handed out. Kept after the buffer is returned,
+    /// for the next hand-out of its memory.
     pub(crate) history: History,
 }
 
@@ -146,16 +186,63 @@ impl Shard {
             .map(|(start, handout)| (*start, handout))
     }
 
-    fn forget_range(&mut self, start: u64, end: u64) {
-        let mut keys: Vec<u64> = self.handouts.range(start..end).map(|(k, _)| *k).collect();
+    /// Forgets the records of hand-outs overlapping `start..end`. Returns what accesses
+    /// through those of native allocation `native` (the same memory) left behind there,
+    /// for the next buffer of that memory to be checked against.
+    ///
+    /// A record reaching past `start..end` whose accesses touched bytes outside it keeps
+    /// those accesses in a remnant record of the part outside, so that a later piece cut
+    /// there is checked against them too.
+    fn forget_range(&mut self, start: u64, end: u64, native: Option<u64>) -> History {
+        let mut inherited = History::default();
+        let mut remnants: [Option<(u64, HandOut)>; 2] = [None, None];
+        let mut forget = |key: u64, handout: HandOut| {
+            if native != Some(handout.native) || handout.history.is_empty() {
+                return;
+            }
+            let ending = match handout.life {
+                Life::Returned(ending) => ending,
+                Life::Live => Ending::NativeFreed,
+            };
+            let through = Predecessor {
+                serial: handout.serial,
+                ending,
+            };
+            inherited.inherit(&handout.history, Some(through), start, end);
+            let outside = [(key, start), (end, key + handout.len)];
+            for (slot, (from, to)) in remnants.iter_mut().zip(outside) {
+                if from >= to {
+                    continue;
+                }
+                let mut history = History::default();
+                history.inherit(&handout.history, None, from, to);
+                if !history.is_empty() {
+                    let remnant = HandOut {
+                        len: to - from,
+                        allocation: handout.allocation.clone(),
+                        history,
+                        ..handout
+                    };
+                    *slot = Some((from, remnant));
+                }
+            }
+        };
         if let Some((&key, handout)) = self.handouts.range(..start).next_back() {
             if key + handout.len > start {
-                keys.push(key);
+                if let Some(handout) = self.handouts.remove(&key) {
+                    forget(key, handout);
+                }
             }
         }
-        for key in keys {
-            self.handouts.remove(&key);
+        while let Some((&key, _)) = self.handouts.range(start..end).next() {
+            if let Some(handout) = self.handouts.remove(&key) {
+                forget(key, handout);
+            }
         }
+        for (key, remnant) in remnants.into_iter().flatten() {
+            self.handouts.insert(key, remnant);
+        }
+        inherited
     }
 }
 
@@ -196,7 +283,7 @@ impl Lifetimes {
         // Records of earlier memory of this shard at these addresses no longer mean
         // anything. (Other shards' records there are of freed natives, and are only
         // found through their own token.)
-        shard.forget_range(start, start + allocation.size);
+        shard.forget_range(start, start + allocation.size, None);
         shard.freed_natives.remove(&allocation.id);
         shard.natives.insert(allocation.id, allocation);
     }
@@ -232,6 +319,8 @@ impl Lifetimes {
                 continue;
             }
             handout.allocation = None;
+            // New memory gets a new token, so nothing inherits these accesses any more.
+            handout.history = History::default();
             if matches!(handout.life, Life::Live) {
                 handout.life = Life::Returned(Ending::NativeFreed);
             }
@@ -251,10 +340,13 @@ impl Lifetimes {
 
     // ----- buffer lifetimes -----
 
-    pub(crate) fn handed_out(&self, block: &NativeBlock, len: u64) {
+    /// A block is handed out as a buffer of `len` bytes on `stream`. The new buffer
+    /// inherits the accesses earlier buffers of the same memory left there: the race
+    /// checker compares memory, not buffer identities.
+    pub(crate) fn handed_out(&self, block: &NativeBlock, len: u64, stream: StreamId) {
         let index = Self::shard_of(block.native);
         let mut shard = self.lock(index);
-        shard.forget_range(block.address, block.address + block.size.max(len));
+        let history = shard.forget_range(block.address, block.address + block.size.max(len), Some(block.native));
         shard.made += 1;
         let serial = shard.made * SHARDS as u64 + index as u64;
         let allocation = shard.natives.get(&block.native).cloned();
@@ -266,7 +358,8 @@ impl Lifetimes {
                 serial,
                 allocation,
                 life: Life::Live,
-                history: History::default(),
+                stream,
+                history,
             },
         );
     }
@@ -274,7 +367,6 @@ impl Lifetimes {
     pub(crate) fn returned(&self, block: &NativeBlock, stream: StreamId) {
         let mut shard = self.lock(Self::shard_of(block.native));
         if let Some(handout) = shard.handouts.get_mut(&block.address) {
-            handout.history = History::default();
             handout.life = Life::Returned(if stream.0 == 0 {
                 Ending::GraphPool
             } else {

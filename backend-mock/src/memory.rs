@@ -5,6 +5,7 @@ use std::sync::Arc;
 use gpuhal_hal::pool::{NativeBlock, NativeMemory};
 use gpuhal_hal::{DeviceId, MemoryKind, Result, StreamId};
 
+use crate::clock::VectorClock;
 use crate::event::MockMarker;
 use crate::queue::{Action, MockQueue};
 use crate::state::DeviceState;
@@ -37,17 +38,35 @@ impl NativeMemory for MockMemory {
         let pooled = self.state.events.acquire(false)?;
         pooled.slot.reset();
         let mut guard = stream.lock();
-        pooled.slot.record(&mut guard, Default::default())?;
+        // The marker carries what the stream had done (its uses of the block): the pool
+        // hands the memory out again only once the marker is passed, and the race
+        // checker must see that order, since the next buffer there inherits those uses.
+        let seen = if self.state.check_races {
+            self.state.checker.lock().clock(guard.agent())
+        } else {
+            VectorClock::default()
+        };
+        pooled.slot.record(&mut guard, seen)?;
         Ok(MockMarker(pooled))
     }
 
     fn is_marker_complete(&self, marker: &MockMarker) -> Result<bool> {
-        Ok(marker.0.slot.is_complete())
+        let complete = marker.0.slot.is_complete();
+        if complete && self.state.check_races {
+            // The host saw the other stream pass its last use: whatever it enqueues from
+            // now on (the block's next hand-out included) is ordered after that use.
+            self.state.host_joins(&marker.0.slot.clock());
+        }
+        Ok(complete)
     }
 
     fn wait_marker(&self, stream: &Arc<MockQueue>, marker: &MockMarker) -> Result<()> {
         if let Some(recorded) = marker.0.slot.recorded() {
-            stream.push(Action::WaitFor {
+            let mut guard = stream.lock();
+            if self.state.check_races {
+                self.state.checker.lock().join(guard.agent(), &marker.0.slot.clock());
+            }
+            guard.push(Action::WaitFor {
                 progress: recorded.progress,
                 seq: recorded.seq,
             })?;
@@ -55,8 +74,8 @@ impl NativeMemory for MockMemory {
         Ok(())
     }
 
-    fn on_handed_out(&self, block: &NativeBlock, len: u64, _stream: StreamId) {
-        self.state.lifetimes.handed_out(block, len);
+    fn on_handed_out(&self, block: &NativeBlock, len: u64, stream: StreamId) {
+        self.state.lifetimes.handed_out(block, len, stream);
     }
 
     fn on_returned(&self, block: &NativeBlock, stream: StreamId) {

@@ -36,6 +36,8 @@ pub(crate) struct DeviceState {
     fail_at: Mutex<Option<u64>>,
     next_native_id: AtomicU64,
     pub(crate) checker: Mutex<Checker>,
+    /// Whether the checker compares accesses (the lifetime checks are always on).
+    pub(crate) check_races: bool,
     /// Live native allocations and hand-outs, sharded (the checker reads them too).
     pub(crate) lifetimes: Arc<Lifetimes>,
     pub(crate) events: EventPool<MockEvents>,
@@ -58,6 +60,7 @@ impl DeviceState {
             fail_at: Mutex::new(config.fail_native_allocation),
             next_native_id: AtomicU64::new(1),
             checker: Mutex::new(Checker::new(config.check_races, lifetimes.clone())),
+            check_races: config.check_races,
             lifetimes,
             events: EventPool::new(MockEvents),
             managed_policy: Mutex::new(ManagedPolicy::default()),

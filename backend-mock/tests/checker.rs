@@ -240,3 +240,295 @@ fn pieces_of_one_native_allocation_are_checked_apart() {
     stream.synchronize().unwrap();
     assert_eq!(device.allocator().trim(), 2 << 20, "whole again, released as one");
 }
+
+// ----- memory handed out again while another stream still uses it -----
+
+type MockBuffer = gpuhal_hal::pool::Buffer<gpuhal_mock::MockMemory>;
+//
+// Each misuse below is what a framework commits when it drops a buffer another stream
+// still reads and lets the caching pool hand the memory out again; beside it, the same
+// program made correct must pass.
+
+/// Stream `a` fills `x`; an event orders `b` after it; `b` copies from `x` into a buffer
+/// of its own. Returns `x` with the copy's destination.
+fn read_on_other_stream(
+    device: &MockDevice,
+    a: &gpuhal_mock::MockStream,
+    b: &gpuhal_mock::MockStream,
+    len: u64,
+) -> (MockBuffer, MockBuffer) {
+    let x = device.allocate(len, MemoryKind::Device, a).unwrap();
+    a.fill(&x, 0, len, 1).unwrap();
+    let filled = device.event(false).unwrap();
+    filled.record(a).unwrap();
+    b.wait_event(&filled).unwrap();
+    let copy = device.allocate(len, MemoryKind::Device, b).unwrap();
+    b.copy(&x, 0, &copy, 0, len).unwrap();
+    (x, copy)
+}
+
+/// The race between `b`'s read of the dropped buffer `old` and `a`'s write through the
+/// buffer that reused its memory, with how the memory passed from one to the other.
+fn assert_reuse_race(err: &Error, a: &gpuhal_mock::MockStream, b: &gpuhal_mock::MockStream, read_by: &str) {
+    let Error::Race { first, second, .. } = err else {
+        panic!("expected a race, got {err}")
+    };
+    let (a, b) = (a.id().to_string(), b.id().to_string());
+    assert!(
+        first.contains(&format!("last read on {b} by {read_by}"))
+            && first.contains(&format!("handed out again on {a}")),
+        "{first}"
+    );
+    assert!(
+        second.contains("written by fill") && second.contains(&a) && second.contains("event"),
+        "{second}"
+    );
+}
+
+#[test]
+fn a_buffer_dropped_while_another_stream_reads_it_races_with_the_reuse_of_its_memory() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    let (x, _copy) = read_on_other_stream(&device, &a, &b, 4096);
+    let (address, old) = (x.address(), x.region());
+    drop(x);
+    let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    assert_eq!(y.address(), address, "a cache hit: the same memory");
+    let err = a.fill(&y, 0, 4096, 2).unwrap_err();
+    assert_reuse_race(&err, &a, &b, "copy");
+    let Error::Race { first, .. } = &err else {
+        unreachable!()
+    };
+    assert!(
+        first.contains(&format!("freed on {} by drop", a.id())) && first.contains("record_use"),
+        "{first}"
+    );
+    // The old buffer's identity and the new one's are both named.
+    let message = err.to_string();
+    assert!(message.contains("allocation #"), "{message}");
+    assert_ne!(old.address, 0);
+}
+
+#[test]
+fn a_buffer_dropped_after_record_use_is_reused_without_a_race() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    let (x, copy) = read_on_other_stream(&device, &a, &b, 4096);
+    x.record_use(b.cache());
+    drop(x);
+    // Whether or not the pool hands the memory out again yet, the program is correct.
+    for _ in 0..2 {
+        let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+        a.fill(&y, 0, 4096, 2).unwrap();
+        b.synchronize().unwrap();
+    }
+    let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    a.fill(&y, 0, 4096, 3).unwrap();
+    a.synchronize().unwrap();
+    let mut out = vec![0u8; 4096];
+    b.read(&copy, 0, &mut out).unwrap();
+    assert!(out.iter().all(|&v| v == 1), "b copied what a filled before the drop");
+}
+
+#[test]
+fn a_buffer_dropped_once_an_event_orders_its_stream_after_the_read_is_reused_without_a_race() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    let (x, copy) = read_on_other_stream(&device, &a, &b, 4096);
+    let read = device.event(false).unwrap();
+    read.record(&b).unwrap();
+    a.wait_event(&read).unwrap();
+    let address = x.address();
+    drop(x);
+    let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    assert_eq!(y.address(), address, "a cache hit: the same memory");
+    a.fill(&y, 0, 4096, 2).unwrap();
+    let mut out = vec![0u8; 4096];
+    b.read(&copy, 0, &mut out).unwrap();
+    assert!(out.iter().all(|&v| v == 1));
+}
+
+#[test]
+fn a_split_piece_dropped_while_another_stream_reads_it_races_with_its_reuse() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    // An idle 2 MiB block is cut for the smaller requests that follow.
+    drop(device.allocate(2 << 20, MemoryKind::Device, &a).unwrap());
+    let (x, _copy) = read_on_other_stream(&device, &a, &b, 4096);
+    let (address, native) = (x.address(), x.region().native);
+    drop(x);
+    // The piece merges back into its block; a larger piece cut there covers its bytes.
+    let y = device.allocate(8192, MemoryKind::Device, &a).unwrap();
+    assert_eq!(
+        (y.address(), y.region().native),
+        (address, native),
+        "a piece of the same native allocation over the same bytes"
+    );
+    let err = a.fill(&y, 0, 8192, 2).unwrap_err();
+    assert_reuse_race(&err, &a, &b, "copy");
+}
+
+#[test]
+fn a_split_piece_dropped_after_record_use_is_reused_without_a_race() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    drop(device.allocate(2 << 20, MemoryKind::Device, &a).unwrap());
+    let (x, _copy) = read_on_other_stream(&device, &a, &b, 4096);
+    x.record_use(b.cache());
+    drop(x);
+    let y = device.allocate(8192, MemoryKind::Device, &a).unwrap();
+    a.fill(&y, 0, 8192, 2).unwrap();
+    b.synchronize().unwrap();
+    let z = device.allocate(8192, MemoryKind::Device, &a).unwrap();
+    a.fill(&z, 0, 8192, 3).unwrap();
+    a.synchronize().unwrap();
+}
+
+#[test]
+fn a_piece_cut_beside_bytes_another_stream_read_inherits_no_race() {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    drop(device.allocate(2 << 20, MemoryKind::Device, &a).unwrap());
+    let x = device.allocate(8192, MemoryKind::Device, &a).unwrap();
+    a.fill(&x, 0, 8192, 1).unwrap();
+    let filled = device.event(false).unwrap();
+    filled.record(&a).unwrap();
+    b.wait_event(&filled).unwrap();
+    let copy = device.allocate(4096, MemoryKind::Device, &b).unwrap();
+    // b reads only the second half of x.
+    b.copy(&x, 4096, &copy, 0, 4096).unwrap();
+    let address = x.address();
+    drop(x);
+    let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    assert_eq!(y.address(), address, "cut over the half b did not read");
+    a.fill(&y, 0, 4096, 2).unwrap();
+    let z = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    assert_eq!(z.address(), address + 4096, "cut over the half b read");
+    assert!(matches!(a.fill(&z, 0, 4096, 3), Err(Error::Race { .. })));
+}
+
+/// Captures a graph on `s` that allocates an output from `pool` and fills it.
+fn capture_output(
+    device: &MockDevice,
+    s: &gpuhal_mock::MockStream,
+    pool: &gpuhal_hal::GraphPool<gpuhal_mock::MockBackend>,
+    value: u8,
+) -> (gpuhal_mock::MockGraphExec, MockBuffer) {
+    let (graph, output) = s
+        .capture(pool, |s| {
+            let output = device.allocate(4096, MemoryKind::Device, s)?;
+            s.fill(&output, 0, 4096, value)?;
+            Ok(output)
+        })
+        .unwrap();
+    (gpuhal_hal::Graph::instantiate(&graph).unwrap(), output)
+}
+
+/// The first graph's output is read on `t` after an event; then the output is dropped
+/// and a second capture on `s` takes the same pool range for its own output.
+fn second_capture_over_read_output(
+    ordered: bool,
+) -> (gpuhal_mock::MockStream, gpuhal_mock::MockStream, gpuhal_hal::Result<()>) {
+    let device = device();
+    let (s, t) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    let pool = device.graph_pool();
+    let (first, output) = capture_output(&device, &s, &pool, 1);
+    first.launch(&s).unwrap();
+    let replayed = device.event(false).unwrap();
+    replayed.record(&s).unwrap();
+    t.wait_event(&replayed).unwrap();
+    let copy = device.allocate(4096, MemoryKind::Device, &t).unwrap();
+    t.copy(&output, 0, &copy, 0, 4096).unwrap();
+    let address = output.address();
+    drop(output);
+    let (second, reused) = capture_output(&device, &s, &pool, 2);
+    assert_eq!(reused.address(), address, "the second capture took the same pool range");
+    if ordered {
+        let read = device.event(false).unwrap();
+        read.record(&t).unwrap();
+        s.wait_event(&read).unwrap();
+    }
+    let launched = second.launch(&s);
+    if launched.is_ok() {
+        let mut out = vec![0u8; 4096];
+        t.read(&copy, 0, &mut out).unwrap();
+        assert!(out.iter().all(|&v| v == 1), "t copied the first graph's output");
+    }
+    (s, t, launched)
+}
+
+#[test]
+fn a_graph_pool_range_reused_by_another_capture_races_with_a_read_of_the_first_output() {
+    let (s, t, launched) = second_capture_over_read_output(false);
+    let err = launched.unwrap_err();
+    let Error::Race { first, second, .. } = &err else {
+        panic!("expected a race, got {err}")
+    };
+    assert!(
+        first.contains("graph pool")
+            && first.contains(&format!("last read on {} by copy", t.id()))
+            && first.contains(&format!("handed out again on {}", s.id())),
+        "{first}"
+    );
+    assert!(
+        second.contains("written by fill") && second.contains(&s.id().to_string()) && second.contains("event"),
+        "{second}"
+    );
+}
+
+#[test]
+fn a_graph_pool_range_reused_after_an_event_orders_the_read_is_replayed_without_a_race() {
+    let (_, _, launched) = second_capture_over_read_output(true);
+    launched.unwrap();
+}
+
+/// A copied host import (the device copy is a pooled buffer) read on `b`, then dropped.
+fn copied_import_read_on_other_stream(ordered: bool) -> gpuhal_hal::Result<()> {
+    let device = device();
+    let (a, b) = (device.create_stream().unwrap(), device.create_stream().unwrap());
+    let host = vec![7u8; 4096];
+    let copy_only = ImportPolicy {
+        allow_coherent: false,
+        allow_registered: false,
+        allow_copy: true,
+        ..ImportPolicy::ANY
+    };
+    let import = device.import_host(&host, copy_only, &a).unwrap();
+    assert_eq!(import.path(), gpuhal_hal::ImportPath::Copied);
+    let imported = device.event(false).unwrap();
+    imported.record(&a).unwrap();
+    b.wait_event(&imported).unwrap();
+    let copy = device.allocate(4096, MemoryKind::Device, &b).unwrap();
+    b.copy(&import, 0, &copy, 0, 4096).unwrap();
+    if ordered {
+        let read = device.event(false).unwrap();
+        read.record(&b).unwrap();
+        a.wait_event(&read).unwrap();
+    }
+    let address = import.device_address();
+    drop(import);
+    let y = device.allocate(4096, MemoryKind::Device, &a).unwrap();
+    assert_eq!(y.address(), address, "a cache hit on the import's device copy");
+    let filled = a.fill(&y, 0, 4096, 0);
+    if let Err(err) = &filled {
+        assert_reuse_race(err, &a, &b, "copy");
+    } else {
+        let mut out = vec![0u8; 4096];
+        b.read(&copy, 0, &mut out).unwrap();
+        assert_eq!(out, host);
+    }
+    filled
+}
+
+#[test]
+fn an_imported_host_range_dropped_while_another_stream_reads_it_races_with_its_reuse() {
+    assert!(matches!(
+        copied_import_read_on_other_stream(false),
+        Err(Error::Race { .. })
+    ));
+}
+
+#[test]
+fn an_imported_host_range_dropped_after_an_event_orders_the_read_is_reused_without_a_race() {
+    copied_import_read_on_other_stream(true).unwrap();
+}
