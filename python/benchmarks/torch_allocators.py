@@ -12,8 +12,9 @@ on the same seeded workload:
   checked against the eager result.
 
 Per allocator it reports the median train step, the generation time, the peak device memory the
-process took (``torch.cuda.mem_get_info`` sampled after every step and generation, minus a
-baseline taken after CUDA init and before the model exists), the peak live bytes (the allocator's
+process took (``torch.cuda.mem_get_info`` sampled after every forward, backward, step and
+generation, minus a baseline taken after CUDA init and before the model exists; the two
+in-step samples cost microseconds, the same for every allocator), the peak live bytes (the allocator's
 own peak of bytes handed out), their ratio, the final loss and token checksum (equal across
 allocators when the run is deterministic), and the graph memory (``mem_get_info`` delta) or the
 error a capture raised.
@@ -189,7 +190,9 @@ class Child:
             start = time.perf_counter()
             with self._autocast():
                 loss = model(input_ids=inputs, labels=inputs).loss
+            self._sample()  # activations are at their high-water mark here
             loss.backward()
+            self._sample()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self._synchronize()
@@ -454,8 +457,9 @@ def markdown(results: list, meta: dict) -> str:
     lines.append(agreement(results))
     lines.append("")
     lines.append(
-        f"{meta['workload']}. Device memory: peak of cudaMemGetInfo used bytes (sampled after each step and "
-        "generation) minus the baseline after CUDA init; live: the allocator's peak of bytes handed out "
+        f"{meta['workload']}. Device memory: peak of cudaMemGetInfo used bytes (sampled after each forward, "
+        "backward, step and generation; memory taken and returned between samples is not seen) minus the "
+        "baseline after CUDA init; live: the allocator's peak of bytes handed out "
         "(torch.cuda.max_memory_allocated, or gpuhal's allocated_bytes.all.peak). Graphs: one-token forward "
         "captured per batch size, cudaMemGetInfo delta across the capture."
     )

@@ -141,8 +141,9 @@ class GpuhalError(Exception):
             self.status_name = status_name(status)
         self.message = message
         self.call = call
-        where = f"{call}: " if call else ""
-        super().__init__(f"{where}{self.status_name}: {message or '(no message)'}")
+        # The library's message names the function already; ``call`` only stands in without one.
+        detail = message or f"{call or 'a gpuhal call'} failed without a message"
+        super().__init__(f"{self.status_name}: {detail}")
 
 
 _c = ctypes
@@ -239,7 +240,7 @@ def last_error_message() -> Optional[str]:
 
 
 def status_name(status: int) -> str:
-    """The library's name for a status (``"INVALID_HANDLE"``, …)."""
+    """The library's name for a status (``"GPUHAL_STATUS_INVALID_HANDLE"``, …)."""
     try:
         raw = lib().gpuhal_status_name(int(status))
     except (OSError, ImportError):
@@ -247,7 +248,7 @@ def status_name(status: int) -> str:
     if raw:
         return raw.decode("utf-8", "replace")
     try:
-        return Status(status).name
+        return f"GPUHAL_STATUS_{Status(status).name}"
     except ValueError:
         return f"status {int(status)}"
 
