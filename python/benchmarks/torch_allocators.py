@@ -83,8 +83,9 @@ CORPUS_VOCAB = 1000  # the training text draws from this many token ids: a learn
 
 
 class Child:
-    def __init__(self, allocator: str, config: dict, cpu: bool):
+    def __init__(self, allocator: str, config: dict, cpu: bool, result_path: Path):
         self.allocator = allocator
+        self.result_path = result_path
         self.config = config
         self.cpu = cpu
         self.result = {"allocator": allocator, "ok": False, "phase": "setup", "error": None}
@@ -92,13 +93,23 @@ class Child:
 
     def run(self) -> dict:
         try:
+            self._save()
             self._run()
             self.result["ok"] = True
         except BaseException as error:  # noqa: BLE001 - the report must say what failed, whatever it is
             traceback.print_exc()
             self.result["error"] = f"{type(error).__name__}: {error}"
             self.result["traceback"] = traceback.format_exc()
+        self._save()
         return self.result
+
+    def _save(self):
+        self.result_path.write_text(json.dumps(self.result, indent=1))
+
+    def _enter(self, phase: str):
+        """Starts a phase, saving what is measured so far: a killed child still reports it."""
+        self.result["phase"] = phase
+        self._save()
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -138,14 +149,14 @@ class Child:
         import transformers
 
         self.result["transformers"] = transformers.__version__
-        self.result["phase"] = "build"
+        self._enter("build")
         model = self._build_model(transformers)
-        self.result["phase"] = "train"
+        self._enter("train")
         self._train(model)
-        self.result["phase"] = "generate"
+        self._enter("generate")
         self._generate(model)
         self._record_peaks()
-        self.result["phase"] = "graphs"
+        self._enter("graphs")
         self._graphs(model)
         self.result["phase"] = "done"
 
@@ -329,8 +340,7 @@ class Child:
 
 def child_main(args) -> int:
     config = QUICK if args.quick else FULL
-    result = Child(args.child, config, args.cpu).run()
-    Path(args.result).write_text(json.dumps(result, indent=1))
+    result = Child(args.child, config, args.cpu, Path(args.result)).run()
     return 0 if result["ok"] else 1
 
 
