@@ -49,6 +49,11 @@ pub fn ci() -> Result<()> {
                 "warnings",
             ])))
         }),
+        step("C header current (capi/include/gpuhal.h)", || {
+            passed(crate::header::header(true))
+        }),
+        // Includes the C ABI's C program (compiled by the system `cc`) and, with the
+        // library built, the Python package's tests on the mock.
         step("test", || passed(run(&mut cargo(["test", "--workspace"])))),
         step("conformance mock (every profile)", || {
             passed(crate::conformance(&ConformanceArgs {
