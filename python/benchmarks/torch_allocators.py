@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -295,10 +296,15 @@ class Child:
         graph.replay()
         torch.cuda.synchronize()
         expected = forward()
-        matches = bool(torch.equal(static_output, expected))
+        difference = float((static_output.float() - expected.float()).abs().max())
+        matches = bool(torch.allclose(static_output.float(), expected.float(), rtol=1e-2, atol=1e-2))
         keep.append((graph, static_input, static_output))  # graphs stay alive: their memory counts
         self._sample()
-        return {"mib": (used_after - used_before) / MiB, "replay_matches_eager": matches}
+        return {
+            "mib": (used_after - used_before) / MiB,
+            "replay_matches_eager": matches,
+            "replay_max_abs_diff": difference,
+        }
 
     # -- measurement ------------------------------------------------------------------------------
 
@@ -319,20 +325,25 @@ class Child:
         torch = self.torch
         if self.samples:
             self.result["peak_device_mib"] = max(self.samples) / MiB
-        if ALLOCATORS[self.allocator][1] is not None:
-            import gpuhal.torch
+        try:
+            if ALLOCATORS[self.allocator][1] is not None:
+                import gpuhal.torch
 
-            stats = gpuhal.torch.memory_stats()
-            self.result["allocator_stats"] = stats
-            live_peak = stats["allocated_bytes.all.peak"]
-        elif self.cpu:
+                stats = gpuhal.torch.memory_stats()
+                self.result["allocator_stats"] = stats
+                live_peak = stats["allocated_bytes.all.peak"]
+            elif self.cpu:
+                return
+            else:
+                stats = torch.cuda.memory_stats(self.device)
+                keep = ("num_alloc_retries", "num_ooms", "num_device_alloc", "num_device_free")
+                self.result["allocator_stats"] = {k: stats[k] for k in keep if k in stats}
+                self.result["allocator_stats"]["reserved_bytes.all.peak"] = torch.cuda.max_memory_reserved(self.device)
+                live_peak = torch.cuda.max_memory_allocated(self.device)
+        except Exception as error:  # noqa: BLE001 - a backend without stats still has its timings
+            traceback.print_exc()
+            self.result["stats_error"] = f"{type(error).__name__}: {error}"
             return
-        else:
-            stats = torch.cuda.memory_stats(self.device)
-            keep = ("num_alloc_retries", "num_ooms", "num_device_alloc", "num_device_free")
-            self.result["allocator_stats"] = {k: stats[k] for k in keep if k in stats}
-            self.result["allocator_stats"]["reserved_bytes.all.peak"] = torch.cuda.max_memory_reserved(self.device)
-            live_peak = torch.cuda.max_memory_allocated(self.device)
         self.result["peak_live_mib"] = live_peak / MiB
         if self.samples and live_peak:
             self.result["device_over_live"] = max(self.samples) / live_peak
@@ -362,9 +373,10 @@ def child_environment(name: str, lib: str | None, cpu: bool) -> dict:
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
-    # The package is importable from the source tree when it is not installed.
-    source_tree = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), source_tree) if p)
+    if importlib.util.find_spec("gpuhal") is None:
+        # Not installed: the children import it from the source tree (and need --lib).
+        source_tree = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), source_tree) if p)
     return env
 
 
@@ -431,7 +443,7 @@ def graph_cell(result: dict) -> str:
         else:
             mismatch = "" if graph["replay_matches_eager"] else " (replay≠eager)"
             cells.append(f"b{batch} {graph['mib']:.1f}{mismatch}")
-    return "; ".join(cells).replace("|", "\\|")
+    return "; ".join(cells)
 
 
 def markdown(results: list, meta: dict) -> str:
@@ -469,7 +481,8 @@ def markdown(results: list, meta: dict) -> str:
     lines.append(
         f"{meta['workload']}. Device memory: peak of cudaMemGetInfo used bytes (sampled after each forward, "
         "backward, step and generation; memory taken and returned between samples is not seen) minus the "
-        "baseline after CUDA init; live: the allocator's peak of bytes handed out "
+        "baseline after CUDA init (so it includes what CUDA libraries load and keep, alike for every "
+        "allocator); live: the allocator's peak of bytes handed out "
         "(torch.cuda.max_memory_allocated, or gpuhal's allocated_bytes.all.peak). Graphs: one-token forward "
         "captured per batch size, cudaMemGetInfo delta across the capture."
     )
@@ -521,6 +534,11 @@ def driver_main(args) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     results = []
+
+    def write_results():
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (out / "results.md").write_text(markdown(results, meta))
+
     for name in names:
         print(f"== {name} ...", flush=True)
         result = run_child(name, args, out, timeout_s)
@@ -534,11 +552,9 @@ def driver_main(args) -> int:
         )
         if not result["ok"]:
             print("   " + "\n   ".join(result.get("log_tail", [])), flush=True)
-    table = markdown(results, meta)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (out / "results.md").write_text(table)
+        write_results()  # after every allocator: a run cut short keeps what finished
     print()
-    print(table)
+    print(markdown(results, meta))
     print(f"written: {out / 'results.json'}, {out / 'results.md'}")
     return 0 if all(r["ok"] for r in results) else 1
 
