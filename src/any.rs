@@ -53,6 +53,11 @@ pub trait CompiledBackend: Backend + sealed::Sealed {
     fn graph_pool_of<'a>(any: &'a AnyGraphPool, operation: &'static str) -> Result<&'a GraphPool<Self>>;
     /// This backend's graph inside `any`, or [`Error::BackendMismatch`].
     fn graph_of<'a>(any: &'a AnyGraph, operation: &'static str) -> Result<&'a Self::Graph>;
+    /// Whether the native API is capturing `stream` (CUDA asks the driver; backends where
+    /// only gpuhal begins captures answer from gpuhal's state).
+    fn native_capture(stream: &Self::Stream) -> Result<bool> {
+        Ok(stream.is_capturing())
+    }
 }
 
 /// A device of backend `B`, as held by [`AnyDevice`].
@@ -82,6 +87,12 @@ macro_rules! debug_by_backend {
     )*};
 }
 debug_by_backend!(DeviceOf, StreamOf, EventOf, FenceOf, GraphPoolOf, GraphOf, GraphExecOf);
+
+impl<B: Backend> Clone for GraphPoolOf<B> {
+    fn clone(&self) -> Self {
+        GraphPoolOf(self.0.clone())
+    }
+}
 
 impl<B: Backend> std::fmt::Debug for BufferOf<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +178,14 @@ pub trait DynStream {
     fn end_capture(&self) -> Result<AnyGraph>;
     /// Whether a capture is in progress.
     fn is_capturing(&self) -> bool;
+    /// Serves this stream's allocations from `pool` (`None`: from its cache again) without
+    /// beginning a capture: for captures a framework begins itself on an adopted stream
+    /// (PyTorch's `torch.cuda.graph`), so what they allocate stays in the pool and is not
+    /// handed to eager work while the graph may still replay.
+    fn route_allocations(&self, pool: Option<&AnyGraphPool>) -> Result<()>;
+    /// Whether the native API is capturing this stream, whoever began the capture (only
+    /// CUDA has captures begun outside gpuhal; elsewhere this is gpuhal's own state).
+    fn is_capturing_natively(&self) -> Result<bool>;
 }
 
 /// Captured graph operations, whatever the backend. Implemented by [`AnyGraph`].
@@ -360,6 +379,22 @@ impl<B: CompiledBackend> DynStream for StreamOf<B> {
     fn is_capturing(&self) -> bool {
         self.0.is_capturing()
     }
+    fn route_allocations(&self, pool: Option<&AnyGraphPool>) -> Result<()> {
+        match pool {
+            Some(pool) => {
+                let pool = B::graph_pool_of(pool, "route_allocations")?;
+                gpuhal_hal::check_device("route_allocations", "graph pool", self.0.device_id(), pool.device())?;
+                self.0.cache().begin_capture(pool.clone());
+            }
+            None => {
+                self.0.cache().end_capture();
+            }
+        }
+        Ok(())
+    }
+    fn is_capturing_natively(&self) -> Result<bool> {
+        B::native_capture(&self.0)
+    }
 }
 
 impl<B: CompiledBackend> DynGraph for GraphOf<B> {
@@ -547,8 +582,9 @@ pub enum AnyFence {
 }
 
 /// A graph pool of any compiled-in backend: captures given the same pool share its memory.
+/// Clones are handles to the same pool.
 #[enum_dispatch(DynGraphPool)]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum AnyGraphPool {
     /// The mock's.
     #[cfg(feature = "mock")]
@@ -595,11 +631,15 @@ pub enum AnyGraphExec {
 /// projection a match whose other arms are the mismatch.
 macro_rules! compiled_backend {
     ($variant:ident, $backend:ty) => {
+        compiled_backend!($variant, $backend {});
+    };
+    ($variant:ident, $backend:ty { $($overrides:item)* }) => {
         impl sealed::Sealed for $backend {}
 
         // With one backend compiled in, the mismatch arms cannot match.
         #[allow(unreachable_patterns)]
         impl CompiledBackend for $backend {
+            $($overrides)*
             fn wrap_device(device: Self::Device) -> AnyDevice {
                 AnyDevice::$variant(DeviceOf(device))
             }
@@ -673,7 +713,11 @@ macro_rules! compiled_backend {
 #[cfg(feature = "mock")]
 compiled_backend!(Mock, gpuhal_mock::MockBackend);
 #[cfg(feature = "cuda")]
-compiled_backend!(Cuda, gpuhal_cuda::CudaBackend);
+compiled_backend!(Cuda, gpuhal_cuda::CudaBackend {
+    fn native_capture(stream: &gpuhal_cuda::CudaStream) -> Result<bool> {
+        stream.is_capturing_natively()
+    }
+});
 #[cfg(feature = "vulkan")]
 compiled_backend!(Vulkan, gpuhal_vulkan::VulkanBackend);
 

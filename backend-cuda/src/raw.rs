@@ -180,8 +180,21 @@ pub(crate) fn mem_free_async(dptr: CUdeviceptr, stream: CUstream) -> NativeResul
 /// Non-stream-ordered device allocation.
 pub(crate) fn mem_alloc(size: u64) -> NativeResult<CUdeviceptr> {
     let mut dptr: CUdeviceptr = 0;
+    // A capture in global mode on this thread (PyTorch's default) forbids cuMemAlloc and
+    // would be invalidated by it; the allocation is not part of any capture, so make it
+    // in relaxed mode, as PyTorch's own allocator does, and restore the thread's mode.
+    let mut mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: `mode` is a live local the driver reads and overwrites with the old mode.
+    check("cuThreadExchangeStreamCaptureMode", unsafe {
+        sys::cuThreadExchangeStreamCaptureMode(&mut mode)
+    })?;
     // SAFETY: the out-pointer is a live local.
-    check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, size as usize) })?;
+    let allocated = check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, size as usize) });
+    // SAFETY: as above; this puts the thread's previous mode back.
+    let restored = check("cuThreadExchangeStreamCaptureMode", unsafe {
+        sys::cuThreadExchangeStreamCaptureMode(&mut mode)
+    });
+    allocated.and(restored)?;
     Ok(dptr)
 }
 

@@ -125,6 +125,14 @@ impl CudaStream {
         }
     }
 
+    /// Whether the driver is capturing this stream's work, whoever began the capture (a
+    /// framework capturing on an adopted stream, say).
+    pub fn is_capturing_natively(&self) -> Result<bool> {
+        self.bind()?;
+        raw::stream_is_capturing(self.raw())
+            .context(|| format!("reading the capture state of stream {}", self.id_inner().0))
+    }
+
     /// Whether gpuhal created this stream (and destroys it), as opposed to adopting it.
     pub fn is_owned(&self) -> bool {
         self.handle.0.owned

@@ -573,6 +573,23 @@ GpuhalStatus gpuhal_stream_end_capture(GpuhalStream stream, GpuhalGraph *out);
 // (an out-of-memory message carries the allocator's statistics); NULL also for size 0.
 void *gpuhal_torch_malloc(ptrdiff_t size, int device, void *stream);
 
+// As `gpuhal_torch_malloc`, from the graph pool torch's `MempoolId_t`
+// `{pool_first, pool_second}` names (created on first use): what torch's
+// `beginAllocateToPool` asks for while `torch.cuda.graph` captures. Captures that share
+// an id share the pool's memory.
+void *gpuhal_torch_malloc_in_pool(ptrdiff_t size,
+                                  int device,
+                                  void *stream,
+                                  uint64_t pool_first,
+                                  uint64_t pool_second);
+
+// torch's `releasePool(device, mempool_id)`: gpuhal lets go of the pool; its memory
+// returns to the device's cache once the last buffer drawn from it is freed.
+void gpuhal_torch_release_pool(int device, uint64_t pool_first, uint64_t pool_second);
+
+// torch's `empty_cache()`: releases every served device's idle cached memory.
+void gpuhal_torch_empty_cache(void);
+
 // torch's `free(ptr, size, device, stream)`: frees what `gpuhal_torch_malloc` returned,
 // stream-ordered on the stream it was allocated on. Never fails: a pointer gpuhal did not
 // hand out, a double free or another device's pointer is counted and logged once, and the

@@ -19,8 +19,8 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use gpuhal::{DynBuffer, DynDevice, MemoryKind};
-use parking_lot::RwLock;
+use gpuhal::{AnyGraphPool, DynBuffer, DynDevice, DynStream, MemoryKind};
+use parking_lot::{Mutex, RwLock};
 
 use crate::device::{DeviceEntry, GpuhalMemoryStats, DEVICES};
 use crate::ffi::write_out;
@@ -114,6 +114,9 @@ struct TorchDevice {
     /// torch's streams by their raw handle, adopted (or, on a backend with no native
     /// streams, created) on first use.
     streams: RwLock<HashMap<usize, Arc<StreamEntry>>>,
+    /// Graph pools by torch's `MempoolId_t` (two integers): a capture's allocations go to
+    /// its pool, and captures sharing an id share the pool.
+    pools: Mutex<HashMap<(u64, u64), AnyGraphPool>>,
     malloc_errors: AtomicU64,
     free_errors: AtomicU64,
     logged_free_error: AtomicBool,
@@ -167,6 +170,7 @@ fn open(config: &TorchConfig, index: usize) -> Result<TorchDevice, Failure> {
         entry,
         kind: config.kind,
         streams: RwLock::new(HashMap::new()),
+        pools: Mutex::new(HashMap::new()),
         malloc_errors: AtomicU64::new(0),
         free_errors: AtomicU64::new(0),
         logged_free_error: AtomicBool::new(false),
@@ -215,13 +219,46 @@ impl TorchDevice {
     }
 }
 
-fn malloc(size: isize, device: c_int, stream: *mut c_void) -> Result<*mut c_void, Failure> {
-    const F: &str = "gpuhal_torch_malloc";
-    let torch = torch_device(F, device)?;
+fn malloc(
+    function: &str,
+    size: isize,
+    device: c_int,
+    stream: *mut c_void,
+    pool: Option<(u64, u64)>,
+) -> Result<*mut c_void, Failure> {
+    let torch = torch_device(function, device)?;
     let result = (|| {
-        let size = u64::try_from(size).map_err(|_| Failure::invalid(F, format!("size {size} is negative")))?;
-        let on = torch.stream(F, stream)?;
-        allocate(F, &torch.entry, size, torch.kind, &on)
+        let size = u64::try_from(size).map_err(|_| Failure::invalid(function, format!("size {size} is negative")))?;
+        let on = torch.stream(function, stream)?;
+        match pool {
+            Some(id) => {
+                let pool = torch
+                    .pools
+                    .lock()
+                    .entry(id)
+                    .or_insert_with(|| torch.entry.device.graph_pool())
+                    .clone();
+                on.stream.route_allocations(Some(&pool)).in_function(function)?;
+                let address = allocate(function, &torch.entry, size, torch.kind, &on);
+                on.stream.route_allocations(None).in_function(function)?;
+                address
+            }
+            None => {
+                // A capture's allocations must stay with its graph: from the cache they
+                // would be handed to eager work while the graph still replays over them.
+                if size > 0 && on.stream.is_capturing_natively().in_function(function)? {
+                    return Err(Failure::new(
+                        GpuhalStatus::Capture,
+                        format!(
+                            "{function}: {size} bytes asked for on stream {stream:p}, which is being captured, but \
+                             torch did not route the capture to a pool: install the allocate-to-pool hooks \
+                             (gpuhal.torch.enable does, with the C++ shim built)"
+                        ),
+                    ));
+                }
+                allocate(function, &torch.entry, size, torch.kind, &on)
+            }
+        }
     })();
     if result.is_err() {
         torch.malloc_errors.fetch_add(1, Ordering::Relaxed);
@@ -236,10 +273,62 @@ fn malloc(size: isize, device: c_int, stream: *mut c_void) -> Result<*mut c_void
 pub extern "C" fn gpuhal_torch_malloc(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
     let mut address = std::ptr::null_mut();
     guard("gpuhal_torch_malloc", || {
-        address = malloc(size, device, stream)?;
+        address = malloc("gpuhal_torch_malloc", size, device, stream, None)?;
         Ok(())
     });
     address
+}
+
+/// As `gpuhal_torch_malloc`, from the graph pool torch's `MempoolId_t`
+/// `{pool_first, pool_second}` names (created on first use): what torch's
+/// `beginAllocateToPool` asks for while `torch.cuda.graph` captures. Captures that share
+/// an id share the pool's memory.
+#[no_mangle]
+pub extern "C" fn gpuhal_torch_malloc_in_pool(
+    size: isize,
+    device: c_int,
+    stream: *mut c_void,
+    pool_first: u64,
+    pool_second: u64,
+) -> *mut c_void {
+    let mut address = std::ptr::null_mut();
+    guard("gpuhal_torch_malloc_in_pool", || {
+        address = malloc(
+            "gpuhal_torch_malloc_in_pool",
+            size,
+            device,
+            stream,
+            Some((pool_first, pool_second)),
+        )?;
+        Ok(())
+    });
+    address
+}
+
+/// torch's `releasePool(device, mempool_id)`: gpuhal lets go of the pool; its memory
+/// returns to the device's cache once the last buffer drawn from it is freed.
+#[no_mangle]
+pub extern "C" fn gpuhal_torch_release_pool(device: c_int, pool_first: u64, pool_second: u64) {
+    const F: &str = "gpuhal_torch_release_pool";
+    guard(F, || {
+        let torch = torch_device(F, device)?;
+        drop(torch.pools.lock().remove(&(pool_first, pool_second)));
+        Ok(())
+    });
+}
+
+/// torch's `empty_cache()`: releases every served device's idle cached memory.
+#[no_mangle]
+pub extern "C" fn gpuhal_torch_empty_cache() {
+    guard("gpuhal_torch_empty_cache", || {
+        for torch in TORCH_DEVICES
+            .iter()
+            .filter_map(|slot| slot.get().and_then(|opened| opened.as_ref().ok()))
+        {
+            torch.entry.device.trim();
+        }
+        Ok(())
+    });
 }
 
 /// torch's `free(ptr, size, device, stream)`: frees what `gpuhal_torch_malloc` returned,
@@ -249,6 +338,7 @@ pub extern "C" fn gpuhal_torch_malloc(size: isize, device: c_int, stream: *mut c
 #[no_mangle]
 pub extern "C" fn gpuhal_torch_free(ptr: *mut c_void, size: isize, device: c_int, stream: *mut c_void) {
     const F: &str = "gpuhal_torch_free";
+    // torch passes what it allocated with; gpuhal's table knows both.
     let _ = (size, stream);
     if ptr.is_null() {
         return;

@@ -255,9 +255,12 @@ class Child:
             self.result["graphs"] = {"skipped": "--cpu"}
             return
         graphs, keep = {}, []
-        for batch in self.config["graph_batches"]:
+        # One pool for every batch size, largest first, as vLLM captures: the smaller
+        # captures then reuse the largest one's memory, so the total tracks the largest.
+        pool = self.torch.cuda.graph_pool_handle()
+        for batch in sorted(self.config["graph_batches"], reverse=True):
             try:
-                graphs[str(batch)] = self._capture(model, batch, keep)
+                graphs[str(batch)] = self._capture(model, batch, keep, pool)
             except Exception as error:  # noqa: BLE001 - a refused capture is a result, not a crash
                 traceback.print_exc()
                 graphs[str(batch)] = {"error": f"{type(error).__name__}: {error}".strip()}
@@ -268,7 +271,7 @@ class Child:
         if ok and len(ok) == len(graphs):
             self.result["graphs_mib"] = sum(g["mib"] for g in ok)
 
-    def _capture(self, model, batch, keep) -> dict:
+    def _capture(self, model, batch, keep, pool) -> dict:
         """Captures a one-token forward for ``batch`` sequences; memory is the mem_get_info delta."""
         torch = self.torch
         vocab = min(CORPUS_VOCAB, self.config["model"]["vocab_size"])
@@ -288,7 +291,7 @@ class Child:
         torch.cuda.synchronize()
         used_before = self._device_used()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             static_output = forward()
         torch.cuda.synchronize()
         used_after = self._device_used()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 from typing import Optional, Union
 
 from . import _lib
@@ -121,7 +122,7 @@ def enable(
     installed = False
     torch = _torch_with_cuda() if install_allocator else None
     if torch is not None:
-        allocator = torch.cuda.memory.CUDAPluggableAllocator(library, MALLOC_SYMBOL, FREE_SYMBOL)
+        allocator = _pluggable_allocator(torch, library)
         try:
             torch.cuda.memory.change_current_allocator(allocator)
         except RuntimeError as error:
@@ -132,6 +133,48 @@ def enable(
         installed = True
     _enabled_config = {"settings": settings, "installed": installed}
     return installed
+
+
+def _pluggable_allocator(torch, library: str):
+    """torch's pluggable allocator over gpuhal, with every hook torch offers set.
+
+    ``record_stream`` and ``empty_cache`` take plain C signatures, so they point at the library.
+    The CUDA-graph hooks (``beginAllocateToPool`` and friends) take C++ types, so they point at
+    the C++ shim (``gpuhal.build_shim``), which also wraps malloc to route a capture's
+    allocations to a gpuhal graph pool. Without a C++ compiler to build the shim, graphs
+    captured with ``torch.cuda.graph`` are refused (gpuhal's malloc reports why) and everything
+    else works.
+    """
+    from . import build_shim
+
+    lib = ctypes.CDLL(library)
+    address = lambda dll, name: ctypes.cast(getattr(dll, name), ctypes.c_void_p).value
+    shim = None
+    try:
+        path = build_shim.default_output(library)
+        if not path.exists() or path.stat().st_mtime < build_shim.SOURCE.stat().st_mtime:
+            path = build_shim.build(library, path)
+        shim = ctypes.CDLL(str(path))
+    except (RuntimeError, OSError) as error:
+        warnings.warn(f"gpuhal: torch.cuda.graph will be refused under gpuhal: {error}")
+    if shim is None:
+        allocator = torch.cuda.memory.CUDAPluggableAllocator(library, MALLOC_SYMBOL, FREE_SYMBOL)
+    else:
+        allocator = torch.cuda.memory.CUDAPluggableAllocator(str(path), "gpuhal_shim_malloc", "gpuhal_shim_free")
+        hooks = allocator._allocator
+        hooks.set_begin_allocate_to_pool(address(shim, "gpuhal_shim_begin_allocate_to_pool"))
+        hooks.set_end_allocate_to_pool_fn(address(shim, "gpuhal_shim_end_allocate_to_pool"))
+        hooks.set_release_pool(address(shim, "gpuhal_shim_release_pool"))
+        # Keep the shim loaded for the life of the process, as torch does with the library.
+        _loaded.append(shim)
+    hooks = allocator._allocator
+    hooks.set_record_stream_fn(address(lib, "gpuhal_torch_record_stream"))
+    hooks.set_reset_fn(address(lib, "gpuhal_torch_empty_cache"))
+    _loaded.append(lib)
+    return allocator
+
+
+_loaded = []
 
 
 def malloc(size: int, device: int = 0, stream: int = 0) -> int:
