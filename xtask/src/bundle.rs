@@ -23,6 +23,12 @@ const VULKAN_SHIPPED: [(&str, &str); 1] = [("libvulkan.so.1", "the Vulkan loader
 /// The allocation trace the repository ships (a GPT-2 training run).
 const TRACE: &str = "traces/gpt2_train.jsonl.gz";
 
+const CAPI_PACKAGE: &str = "gpuhal-capi";
+const CAPI_LIBRARY: &str = "libgpuhal_capi.so";
+/// The Python package and its PyTorch workload, shipped as source (they load the library
+/// by path, so nothing is installed on the GPU host).
+const PYTHON_SHIPPED: [&str; 2] = ["python/gpuhal", "python/benchmarks"];
+
 #[derive(Args, Clone, Debug)]
 pub struct BundleArgs {
     /// Where to put the bundle (replaced if it exists).
@@ -136,6 +142,21 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         }
     }
 
+    // The C library and the Python package, for the PyTorch workload under each allocator.
+    let status = cargo(["build", "--release", "-p", CAPI_PACKAGE])
+        .status()
+        .context("could not run cargo build for the C library")?;
+    if !status.success() {
+        bail!("`cargo build --release -p {CAPI_PACKAGE}` failed: {status}");
+    }
+    let lib = out.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("could not create {}", lib.display()))?;
+    let built = workspace_root().join("target/release").join(CAPI_LIBRARY);
+    fs::copy(&built, lib.join(CAPI_LIBRARY)).with_context(|| format!("could not copy {}", built.display()))?;
+    for dir in PYTHON_SHIPPED {
+        copy_tree(&workspace_root().join(dir), &out.join(dir))?;
+    }
+
     let run_sh = out.join("run.sh");
     fs::write(&run_sh, RUN_SH).with_context(|| format!("could not write {}", run_sh.display()))?;
     make_executable(&run_sh)?;
@@ -148,6 +169,24 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         2 + test_names.len(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// Copies the files under `from` to `to`, leaving Python's caches behind.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("could not create {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("could not read {}", from.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name() == "__pycache__" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()))?;
+        } else {
+            fs::copy(&path, to.join(entry.file_name())).with_context(|| format!("could not copy {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -197,23 +236,34 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Needs the NVIDIA driver (libcuda.so.1) and, for the Vulkan run, the Vulkan loader
 # (libvulkan.so.1) with NVIDIA's ICD. No Rust toolchain.
 #
-# Usage: run.sh RESULTS_DIR   (GPUHAL_STEP_TIMEOUT: seconds a step may take, default 1200)
+# Usage: run.sh RESULTS_DIR [STEP...]   (GPUHAL_STEP_TIMEOUT: seconds a step may take, default 1200)
+# With STEP names (or prefixes: cuda-conformance, vulkan, gpuhal-cuda-test, cuda-bench,
+# cuda-replay, torch-allocators), only those steps run.
 # Writes one log per step, the conformance reports as JSON and the benchmark JSON there.
 set -uo pipefail
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 RESULTS_DIR" >&2
+if [ $# -lt 1 ]; then
+    echo "usage: $0 RESULTS_DIR [STEP...]" >&2
     exit 2
 fi
 bundle=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$1"
 results=$(cd "$1" && pwd)
+shift
+selected=("$@")
 failed=()
 step_timeout=${GPUHAL_STEP_TIMEOUT:-1200}
 
 step() {
     local name=$1
     shift
+    if [ ${#selected[@]} -gt 0 ]; then
+        local wanted=""
+        for prefix in "${selected[@]}"; do
+            [[ $name == "$prefix"* ]] && wanted=1
+        done
+        [ -n "$wanted" ] || return 0
+    fi
     echo
     echo "==> $name"
     local started=$SECONDS
@@ -304,6 +354,15 @@ done
 step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/bench" "${trace_args[@]}"
 if [ ${#trace_args[@]} -gt 0 ]; then
     step cuda-replay "$bundle/bin/gpuhal-bench" replay "${trace_args[1]}" --backend cuda --out "$results/bench"
+fi
+
+# A real PyTorch workload (GPT-2 training and generation, graph captures) once per
+# allocator, each in its own process: PyTorch's three options and gpuhal's two kinds.
+if command -v python3 >/dev/null && python3 -c "import torch, transformers" 2>/dev/null; then
+    step torch-allocators python3 "$bundle/python/benchmarks/torch_allocators.py" \
+        --lib "$bundle/lib/libgpuhal_capi.so" --out "$results/torch-allocators"
+else
+    echo "torch-allocators: skipped (python3 with torch and transformers not found)"
 fi
 
 echo
