@@ -21,6 +21,7 @@ use crate::suite::{native_row_specs, run_steps, ChurnPlan, Step, SuiteOptions, G
 /// managed memory in use never passes 1 GiB.
 pub const OPTIONS: SuiteOptions = SuiteOptions {
     device_copy_bytes: 1 << 30,
+    handoff_consumer_bytes: 8 << 20,
     managed_copy_bytes: 512 << 20,
 };
 

@@ -55,6 +55,15 @@ enum Command {
         /// Device ordinal.
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// Hold the allocator to this multiple of the trace's peak live (1.02, say).
+        #[arg(long)]
+        limit: Option<f64>,
+    },
+    /// Records the synthetic shapes of work (a decode loop with a growing KV cache, a
+    /// training loop of varying sequence length) as traces in DIR.
+    RecordShapes {
+        #[arg(default_value = "traces")]
+        dir: PathBuf,
     },
 }
 
@@ -124,8 +133,9 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             out,
             device,
+            limit,
         } => {
-            let mut report = replay(backend, device, &trace)?;
+            let mut report = replay(backend, device, &trace, limit)?;
             if let Some(replay) = &report.replay {
                 println!("{replay}");
                 println!("{}", serde_json::to_string(replay)?);
@@ -137,6 +147,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             let json = report.write(&out.unwrap_or_else(default_out), &name)?;
             eprintln!("gpuhal-bench: wrote {}", json.display());
+            Ok(())
+        }
+        Command::RecordShapes { dir } => {
+            gpuhal_bench::shapes::record_all(&dir)?;
             Ok(())
         }
     }
@@ -203,13 +217,13 @@ fn not_built(backend: BackendName) -> anyhow::Error {
 }
 
 #[allow(unused_variables)]
-fn replay(backend: BackendName, ordinal: u32, trace: &Path) -> Result<Report> {
+fn replay(backend: BackendName, ordinal: u32, trace: &Path, limit: Option<f64>) -> Result<Report> {
     match backend {
         BackendName::Mock => {
             #[cfg(feature = "mock")]
             {
                 let device = gpuhal_bench::mock::open(gpuhal_mock::Profile::Discrete)?;
-                gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace)
+                gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace, limit)
             }
             #[cfg(not(feature = "mock"))]
             Err(not_built(backend))
@@ -218,7 +232,7 @@ fn replay(backend: BackendName, ordinal: u32, trace: &Path) -> Result<Report> {
             #[cfg(feature = "cuda")]
             {
                 let device = gpuhal_bench::cuda::open(ordinal)?;
-                gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace)
+                gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace, limit)
             }
             #[cfg(not(feature = "cuda"))]
             Err(not_built(backend))

@@ -13,6 +13,7 @@ use crate::Baselines;
 /// measure only this machine's RAM, slowly.
 pub const OPTIONS: SuiteOptions = SuiteOptions {
     device_copy_bytes: 64 << 20,
+    handoff_consumer_bytes: 1 << 20,
     managed_copy_bytes: 32 << 20,
 };
 

@@ -98,6 +98,8 @@ pub struct SuiteOptions {
     pub device_copy_bytes: u64,
     /// Bytes of each of the two managed buffers (their sum stays ≤ 1 GiB).
     pub managed_copy_bytes: u64,
+    /// Bytes the hand-off's consumer fills before each copy (its longer kernel).
+    pub handoff_consumer_bytes: u64,
 }
 
 /// Runs every gpuhal-side benchmark on `device`, adding rows to `report`.
@@ -910,21 +912,37 @@ pub fn native_row_specs(options: &SuiteOptions) -> Vec<(String, &'static str, St
     rows
 }
 
-/// Replays a trace on a fresh device and adds its rows.
-pub fn trace_rows<B: Backend>(device: &B::Device, trace: &gpuhal_hal::trace::Trace, report: &mut Report) -> Result<()> {
-    let replay = gpuhal_hal::trace::replay::<B>(device, trace)?;
+/// Replays a trace on a fresh device and adds its rows. With `limit`, the device's
+/// allocator is first held to that multiple of the trace's peak live (the replay then
+/// fails with out of memory if the pool cannot stay under it), and the rows say so.
+pub fn trace_rows<B: Backend>(
+    device: &B::Device,
+    trace: &gpuhal_hal::trace::Trace,
+    limit: Option<f64>,
+    report: &mut Report,
+) -> Result<()> {
+    if let Some(factor) = limit {
+        let bytes = (trace.peak_live_bytes() as f64 * factor) as u64;
+        device.allocator().set_memory_limit(Some(bytes));
+    }
+    let replay = gpuhal_hal::trace::replay::<B>(device, trace)
+        .with_context(|| format!("replaying {} (memory limit: {limit:?} × peak live)", trace.name()))?;
     let name = replay.trace.clone();
+    let (suffix, words) = match limit {
+        Some(factor) => (".limited", format!(" under a memory limit of {factor} × peak live")),
+        None => ("", String::new()),
+    };
     report.measured(
-        "trace.ns_per_event",
+        &format!("trace.ns_per_event{suffix}"),
         "trace",
-        &format!("replay of {name}: time per event"),
+        &format!("replay of {name}{words}: time per event"),
         "ns",
         Summary::single(replay.ns_per_event),
     );
     report.measured_with_note(
-        "trace.reserved_over_live",
+        &format!("trace.reserved_over_live{suffix}"),
         "trace",
-        &format!("replay of {name}: peak reserved ÷ peak live"),
+        &format!("replay of {name}{words}: peak reserved ÷ peak live"),
         "ratio",
         Summary::single(replay.reserved_over_live),
         format!(
@@ -933,7 +951,9 @@ pub fn trace_rows<B: Backend>(device: &B::Device, trace: &gpuhal_hal::trace::Tra
             replay.hit_rate * 100.0
         ),
     );
-    report.replay = Some(replay);
+    if limit.is_none() {
+        report.replay = Some(replay);
+    }
     Ok(())
 }
 

@@ -4,13 +4,17 @@
 //! follows native allocations too (through [`Recording`]): every live buffer lies inside
 //! one of them at the offset it claims, live buffers never overlap (pieces of one native
 //! allocation included), and only native allocations with nothing live or pending are
-//! released.
+//! released. The release rule is followed too: a miss releases an idle native
+//! allocation only when reserved memory would pass peak live + the reserve floor, or,
+//! below that, when `release_after_misses` misses have passed since it was last busy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use gpuhal_hal::pool::size_class::rounded_size;
 use gpuhal_hal::pool::{
-    Buffer, CachingAllocator, CountingMarker, CountingMemory, CountingStream, NativeBlock, NativeMemory, StreamCache,
+    Buffer, CachingAllocator, CountingMarker, CountingMemory, CountingStream, NativeBlock, NativeMemory, PoolConfig,
+    StreamCache,
 };
 use gpuhal_hal::{AsRegion, DeviceId, MemoryKind, Result as HalResult, StreamId};
 use parking_lot::Mutex;
@@ -109,15 +113,26 @@ struct Harness {
     finished: Vec<u64>,
     live: Vec<Live>,
     held: Vec<Held>,
+    config: PoolConfig,
+    /// Allocations that went to the native side (misses and refusals): the pool's clock.
+    misses: u64,
+    /// Per native allocation (by base), `misses` when something in it was last live or
+    /// pending on unfinished work: its idle age is never less than `misses` minus this.
+    last_busy: BTreeMap<u64, u64>,
+    /// Highest rounded live bytes seen: the pool's peak is at least this.
+    peak_rounded: u64,
 }
 
 impl Harness {
-    fn new() -> Self {
-        let allocator = CachingAllocator::new(Recording {
-            inner: CountingMemory::new(CAPACITY),
-            natives: Mutex::new(BTreeMap::new()),
-            bad_frees: Mutex::new(Vec::new()),
-        });
+    fn new(config: PoolConfig) -> Self {
+        let allocator = CachingAllocator::with_config(
+            Recording {
+                inner: CountingMemory::new(CAPACITY),
+                natives: Mutex::new(BTreeMap::new()),
+                bad_frees: Mutex::new(Vec::new()),
+            },
+            config,
+        );
         let natives: Vec<_> = (0..STREAMS).map(|_| CountingStream::new()).collect();
         let caches = natives
             .iter()
@@ -131,6 +146,34 @@ impl Harness {
             finished: vec![0; STREAMS],
             live: Vec::new(),
             held: Vec::new(),
+            config,
+            misses: 0,
+            last_busy: BTreeMap::new(),
+            peak_rounded: 0,
+        }
+    }
+
+    fn live_rounded(&self) -> u64 {
+        self.live.iter().map(|l| l.buffer.reserved_len()).sum()
+    }
+
+    /// After each op: what is busy now was busy at this clock.
+    fn note_busy(&mut self) {
+        self.peak_rounded = self.peak_rounded.max(self.live_rounded());
+        for (base, size) in self.natives() {
+            let inside = |start: u64| start >= base && start < base + size;
+            let live = self
+                .live
+                .iter()
+                .any(|l| !l.buffer.is_empty() && inside(l.buffer.address()));
+            let pending = self
+                .held
+                .iter()
+                .any(|h| inside(h.start) && h.waits_for.iter().any(|&(s, ticket)| self.finished[s] < ticket));
+            let seen = self.last_busy.entry(base).or_insert(self.misses);
+            if live || pending {
+                *seen = self.misses;
+            }
         }
     }
 
@@ -138,7 +181,35 @@ impl Harness {
         match op {
             Op::Alloc { size, kind, stream } => {
                 let kind = MemoryKind::ALL[kind];
-                match self.allocator.allocate(size, kind, &self.caches[stream]) {
+                let before = self.allocator.stats();
+                let natives_before = self.natives();
+                let peak = self.peak_rounded.max(self.live_rounded() + rounded_size(size.max(1)));
+                let result = self.allocator.allocate(size, kind, &self.caches[stream]);
+                let after = self.allocator.stats();
+                if after.cache_misses > before.cache_misses || result.is_err() {
+                    self.misses += 1;
+                }
+                if after.oom_retries == before.oom_retries && self.config.reserve_slack.is_finite() {
+                    let now: Vec<u64> = self.natives().into_iter().map(|n| n.0).collect();
+                    let over_floor =
+                        before.reserved_bytes + rounded_size(size.max(1)) > peak + self.config.reserve_floor;
+                    for (base, _) in natives_before.iter().filter(|n| !now.contains(&n.0)) {
+                        let age = self.misses - self.last_busy.get(base).copied().unwrap_or(self.misses);
+                        let old_enough =
+                            self.config.release_after_misses > 0 && age >= self.config.release_after_misses;
+                        prop_assert!(
+                            over_floor || old_enough,
+                            "a miss released {:#x} (idle for {} misses) with reserved {} + {} within peak {} + floor {}",
+                            base,
+                            age,
+                            before.reserved_bytes,
+                            rounded_size(size.max(1)),
+                            peak,
+                            self.config.reserve_floor
+                        );
+                    }
+                }
+                match result {
                     Ok(buffer) => {
                         prop_assert_eq!(buffer.len(), size);
                         prop_assert_eq!(buffer.kind(), kind);
@@ -248,6 +319,7 @@ impl Harness {
                 }
             }
         }
+        self.note_busy();
         self.check_invariants()
     }
 
@@ -347,8 +419,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn pool_matches_model(ops in proptest::collection::vec(op(), 1..200)) {
-        let mut harness = Harness::new();
+    fn pool_matches_model(
+        ops in proptest::collection::vec(op(), 1..200),
+        reserve_floor in prop_oneof![Just(0u64), Just(1u64 << 20), Just(16u64 << 20), Just(1u64 << 30)],
+        release_after_misses in prop_oneof![Just(0u64), Just(1u64), Just(4u64)],
+    ) {
+        let mut harness = Harness::new(PoolConfig {
+            reserve_floor,
+            release_after_misses,
+            ..PoolConfig::default()
+        });
         for op in ops {
             if std::env::var_os("POOL_MODEL_TRACE").is_some() { eprintln!("{op:?}"); }
             harness.apply(op)?;

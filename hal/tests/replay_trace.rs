@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use gpuhal_hal::pool::{CachingAllocator, CountingMemory, CountingStream};
+use gpuhal_hal::pool::{CachingAllocator, CountingMemory, CountingStream, PoolConfig};
 use gpuhal_hal::trace::{Trace, TraceOp};
 use gpuhal_hal::{MemoryKind, StreamId};
 
@@ -10,10 +10,17 @@ fn trace_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces/gpt2_train.jsonl.gz")
 }
 
+/// With the slack alone (no floor: the budget is 1% over peak live), splitting and best
+/// fit keep gpt2's reserved memory within 2% of its peak live. The default's floor trades
+/// that for reuse; `cache_policy.rs` replays it under a limit.
 #[test]
-fn gpt2_trace_reserves_at_most_102_percent_of_peak_live() {
+fn gpt2_trace_reserves_at_most_102_percent_of_peak_live_with_the_slack_alone() {
     let trace = Trace::read(&trace_path()).unwrap();
-    let allocator = CachingAllocator::new(CountingMemory::new(u64::MAX / 4));
+    let config = PoolConfig {
+        reserve_floor: 0,
+        ..PoolConfig::default()
+    };
+    let allocator = CachingAllocator::with_config(CountingMemory::new(u64::MAX / 4), config);
     let stream = allocator.stream_cache(CountingStream::new(), StreamId::fresh());
     let mut live = std::collections::HashMap::new();
     for event in &trace.events {

@@ -107,7 +107,8 @@ impl<N: NativeMemory> FreeLists<N> {
         None
     }
 
-    /// Every non-empty list, by slot; each list is ordered by return time, oldest first.
+    /// Every non-empty list, by slot; each list is ordered by return time, oldest first
+    /// (stamps never decrease along a list).
     ///
     /// Walks the occupancy bitmap rather than every list: there are thousands of slots
     /// (every class of every kind) and few hold blocks, and eviction runs this on every
@@ -151,7 +152,8 @@ impl<N: NativeMemory> FreeLists<N> {
     }
 }
 
-/// A block idle in a free list, stamped with when it was returned (for LRU release),
+/// A block idle in a free list, stamped with the allocator's miss count when it was
+/// returned (for release by idle age, oldest first),
 /// with the counted reference to its shard that the buffer made from it will hold.
 ///
 /// The block's fields are stored without its kind (the list's slot says it), so the
@@ -260,7 +262,11 @@ pub(crate) struct ShardState<N: NativeMemory> {
     pub(crate) orphaned: bool,
     pub(crate) pending: Vec<PendingBlock<N>>,
     pub(crate) counters: ShardCounters,
-    pub(crate) clock: u64,
+    /// The allocator's miss count as this shard last saw it (every miss brings every
+    /// shard up to date, under the locks the miss path takes anyway): idle blocks are
+    /// stamped with it, so the age of an idle block is the number of misses that have
+    /// passed it by. Nothing on the hit path reads a shared counter for it.
+    pub(crate) miss_clock: u64,
 }
 
 impl<N: NativeMemory> ShardState<N> {
@@ -272,7 +278,7 @@ impl<N: NativeMemory> ShardState<N> {
             orphaned: false,
             pending: Vec::new(),
             counters: ShardCounters::default(),
-            clock: 0,
+            miss_clock: 0,
         }
     }
 }
@@ -546,8 +552,7 @@ impl<N: NativeMemory> Shard<N> {
 
     #[inline(always)]
     pub(crate) fn push_free(state: &mut ShardState<N>, block: &NativeBlock, home: Arc<Shard<N>>) {
-        state.clock += 1;
-        let returned_at = state.clock;
+        let returned_at = state.miss_clock;
         state.free.push(block, returned_at, home);
         state.counters.cached_bytes += block.size;
         state.counters.cached_count += 1;
