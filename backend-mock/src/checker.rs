@@ -14,7 +14,7 @@ use gpuhal_hal::{Error, Region, Result, StreamId};
 use crate::clock::VectorClock;
 use crate::fence::FenceState;
 pub(crate) use crate::lifetimes::Use;
-use crate::lifetimes::{Access, Ending, HandOut, Life, Lifetimes, Shard};
+use crate::lifetimes::{describe, Access, Ending, HandOut, Life, Lifetimes, Shard};
 use crate::raw::{ImportedHost, Target};
 
 /// `Region::native` of host imports carries this bit (native allocation ids never do).
@@ -387,16 +387,11 @@ impl Checker {
             Use::Write => "written",
         };
         let Some(earlier) = prior.through else {
-            let current = format!(
-                "{stream} {} it ({})",
-                if touch.kind == Use::Read { "reads" } else { "writes" },
-                touch.operation
-            );
             return Error::Race {
                 address,
                 allocation: handout.serial,
                 first: prior.describe(),
-                second: current,
+                second: describe(stream, touch.kind, touch.operation),
             };
         };
         let (freed, undeclared, remedy) = match earlier.ending {

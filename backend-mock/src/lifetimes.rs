@@ -57,12 +57,17 @@ pub(crate) struct Predecessor {
 
 impl Access {
     pub(crate) fn describe(&self) -> String {
-        let what = match self.kind {
-            Use::Read => "reads",
-            Use::Write => "writes",
-        };
-        format!("{} {what} it ({})", self.stream, self.operation)
+        describe(self.stream, self.kind, self.operation)
     }
+}
+
+/// An access as a race report names it: "stream 3 writes it (fill)".
+pub(crate) fn describe(stream: StreamId, kind: Use, operation: &str) -> String {
+    let what = match kind {
+        Use::Read => "reads",
+        Use::Write => "writes",
+    };
+    format!("{stream} {what} it ({operation})")
 }
 
 /// The accesses a later one must be ordered after: the last write (or, for memory
@@ -77,6 +82,13 @@ pub(crate) struct History {
 impl History {
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.reads.is_empty()
+    }
+
+    /// Marks the accesses not inherited yet as made through `through`.
+    fn mark_through(&mut self, through: Predecessor) {
+        for access in self.writes.iter_mut().chain(self.reads.iter_mut()) {
+            access.through = access.through.or(Some(through));
+        }
     }
 
     /// Takes over the accesses of `earlier` that touched `start..end`, marked as made
@@ -195,7 +207,7 @@ impl Shard {
     /// there is checked against them too.
     fn forget_range(&mut self, start: u64, end: u64, native: Option<u64>) -> History {
         let mut inherited = History::default();
-        let mut remnants: [Option<(u64, HandOut)>; 2] = [None, None];
+        let mut remnants: Vec<(u64, HandOut)> = Vec::new();
         let mut forget = |key: u64, handout: HandOut| {
             if native != Some(handout.native) || handout.history.is_empty() {
                 return;
@@ -208,9 +220,22 @@ impl Shard {
                 serial: handout.serial,
                 ending,
             };
+            if key >= start && key + handout.len <= end {
+                // Wholly inside (a cache hit of the same block): its accesses move over
+                // as they are, no copy.
+                let mut history = handout.history;
+                history.mark_through(through);
+                if inherited.is_empty() {
+                    inherited = history;
+                } else {
+                    inherited.writes.append(&mut history.writes);
+                    inherited.reads.append(&mut history.reads);
+                }
+                return;
+            }
             inherited.inherit(&handout.history, Some(through), start, end);
             let outside = [(key, start), (end, key + handout.len)];
-            for (slot, (from, to)) in remnants.iter_mut().zip(outside) {
+            for (from, to) in outside {
                 if from >= to {
                     continue;
                 }
@@ -223,7 +248,7 @@ impl Shard {
                         history,
                         ..handout
                     };
-                    *slot = Some((from, remnant));
+                    remnants.push((from, remnant));
                 }
             }
         };
@@ -239,7 +264,7 @@ impl Shard {
                 forget(key, handout);
             }
         }
-        for (key, remnant) in remnants.into_iter().flatten() {
+        for (key, remnant) in remnants {
             self.handouts.insert(key, remnant);
         }
         inherited
