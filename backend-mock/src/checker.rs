@@ -5,6 +5,16 @@
 //! address that is not inside live memory of this device never reaches a stream worker.
 //! Lifetimes (native allocations and hand-outs) live in [`Lifetimes`], sharded, so the
 //! pool's hand-outs and returns do not take this checker's device-wide lock.
+//!
+//! Races are found between accesses to the same memory, whatever buffers they went
+//! through: a buffer handed out again inherits the accesses earlier buffers of its bytes
+//! made (see [`Lifetimes::handed_out`]). A buffer dropped while another stream still
+//! uses it is reported when its memory is next written (or, after a write, read) with
+//! nothing ordering that access after the other stream's, not at the drop: the drop
+//! itself is legal when the reuse is ordered some other way (an event the reusing
+//! stream waits on after the drop), which a report at the drop would refuse, and a
+//! drop cannot return an error. The pool's markers of `record_use` carry the using
+//! stream's clock, so memory it held back and hands out again is ordered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
