@@ -135,6 +135,8 @@ pub trait DynDevice {
     fn set_cache_limit(&self, limit: Option<u64>);
     /// Sets the allocator's reserve slack (see [`PoolConfig::reserve_slack`](crate::PoolConfig)).
     fn set_reserve_slack(&self, slack: f64);
+    /// Sets the allocator's reserve floor (see [`PoolConfig::reserve_floor`](crate::PoolConfig)).
+    fn set_reserve_floor(&self, bytes: u64);
     /// The policy applied to new managed allocations.
     fn managed_policy(&self) -> ManagedPolicy;
     /// Replaces the managed-memory policy for allocations made from now on.
@@ -319,6 +321,9 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     }
     fn set_reserve_slack(&self, slack: f64) {
         self.0.allocator().set_reserve_slack(slack)
+    }
+    fn set_reserve_floor(&self, bytes: u64) {
+        self.0.allocator().set_reserve_floor(bytes)
     }
     fn managed_policy(&self) -> ManagedPolicy {
         self.0.managed_policy()

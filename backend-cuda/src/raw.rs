@@ -180,22 +180,27 @@ pub(crate) fn mem_free_async(dptr: CUdeviceptr, stream: CUstream) -> NativeResul
 /// Non-stream-ordered device allocation.
 pub(crate) fn mem_alloc(size: u64) -> NativeResult<CUdeviceptr> {
     let mut dptr: CUdeviceptr = 0;
-    // A capture in global mode on this thread (PyTorch's default) forbids cuMemAlloc and
-    // would be invalidated by it; the allocation is not part of any capture, so make it
-    // in relaxed mode, as PyTorch's own allocator does, and restore the thread's mode.
+    // SAFETY: the out-pointer is a live local.
+    with_relaxed_capture_mode(|| check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, size as usize) }))?;
+    Ok(dptr)
+}
+
+/// Runs `body` with this thread's stream capture mode relaxed, then restores the mode.
+///
+/// A capture in global mode on this thread (PyTorch's default) forbids calls such as
+/// `cuMemAlloc`, `cuMemAllocManaged` and `cuMemAdvise`, and is invalidated by them. The
+/// allocator's native allocations outside the stream order are not part of any capture, so
+/// they are made in relaxed mode, as PyTorch's own allocator does.
+pub(crate) fn with_relaxed_capture_mode<R>(body: impl FnOnce() -> R) -> R {
     let mut mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
     // SAFETY: `mode` is a live local the driver reads and overwrites with the old mode.
-    check("cuThreadExchangeStreamCaptureMode", unsafe {
-        sys::cuThreadExchangeStreamCaptureMode(&mut mode)
-    })?;
-    // SAFETY: the out-pointer is a live local.
-    let allocated = check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, size as usize) });
-    // SAFETY: as above; this puts the thread's previous mode back.
-    let restored = check("cuThreadExchangeStreamCaptureMode", unsafe {
-        sys::cuThreadExchangeStreamCaptureMode(&mut mode)
-    });
-    allocated.and(restored)?;
-    Ok(dptr)
+    let swapped = unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) } == sys::CUresult::CUDA_SUCCESS;
+    let result = body();
+    if swapped {
+        // SAFETY: as above; this puts the thread's previous mode back.
+        unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+    }
+    result
 }
 
 /// Frees a `mem_alloc` or `mem_alloc_managed` allocation.

@@ -318,6 +318,10 @@ GpuhalStatus gpuhal_set_cache_limit(GpuhalDevice device, uint64_t bytes);
 // every idle block). Negative or NaN is refused.
 GpuhalStatus gpuhal_set_reserve_slack(GpuhalDevice device, double slack);
 
+// Sets the allocator's reserve floor: bytes of idle cache kept above peak live memory
+// whatever the slack says.
+GpuhalStatus gpuhal_set_reserve_floor(GpuhalDevice device, uint64_t bytes);
+
 // Releases idle cached memory; `released` (may be null) receives the bytes released.
 //
 // # Safety

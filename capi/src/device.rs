@@ -357,6 +357,17 @@ pub extern "C" fn gpuhal_set_reserve_slack(device: GpuhalDevice, slack: f64) -> 
     })
 }
 
+/// Sets the allocator's reserve floor: bytes of idle cache kept above peak live memory
+/// whatever the slack says.
+#[no_mangle]
+pub extern "C" fn gpuhal_set_reserve_floor(device: GpuhalDevice, bytes: u64) -> GpuhalStatus {
+    const F: &str = "gpuhal_set_reserve_floor";
+    guard(F, || {
+        self::device(F, device)?.device.set_reserve_floor(bytes);
+        Ok(())
+    })
+}
+
 /// Releases idle cached memory; `released` (may be null) receives the bytes released.
 ///
 /// # Safety

@@ -10,6 +10,8 @@
 //!   (`K`, `M`, `G`, `KiB`, `MiB`, `GiB`: powers of 1024).
 //! - `GPUHAL_RESERVE_SLACK`: the allocator's reserve slack, a fraction (`inf` keeps every
 //!   idle block).
+//! - `GPUHAL_RESERVE_FLOOR`: bytes of idle cache kept above peak live (same suffixes as the
+//!   limit; the allocator's default when unset).
 //!
 //! torch's free path cannot report an error: a failed free is counted (see
 //! [`gpuhal_torch_error_counts`]) and logged once to stderr, never aborts.
@@ -43,6 +45,8 @@ pub struct TorchConfig {
     pub memory_limit: Option<u64>,
     /// The allocator's reserve slack, when set.
     pub reserve_slack: Option<f64>,
+    /// The allocator's reserve floor, when set.
+    pub reserve_floor: Option<u64>,
 }
 
 impl TorchConfig {
@@ -56,6 +60,12 @@ impl TorchConfig {
         let memory_limit = match var("GPUHAL_MEMORY_LIMIT") {
             Some(text) if !text.trim().is_empty() => {
                 Some(parse_bytes(&text).map_err(|why| format!("GPUHAL_MEMORY_LIMIT={text:?}: {why}"))?)
+            }
+            _ => None,
+        };
+        let reserve_floor = match var("GPUHAL_RESERVE_FLOOR") {
+            Some(text) if !text.trim().is_empty() => {
+                Some(parse_bytes(&text).map_err(|why| format!("GPUHAL_RESERVE_FLOOR={text:?}: {why}"))?)
             }
             _ => None,
         };
@@ -79,6 +89,7 @@ impl TorchConfig {
             kind,
             memory_limit,
             reserve_slack,
+            reserve_floor,
         })
     }
 }
@@ -164,6 +175,9 @@ fn open(config: &TorchConfig, index: usize) -> Result<TorchDevice, Failure> {
     entry.device.set_memory_limit(config.memory_limit);
     if let Some(slack) = config.reserve_slack {
         entry.device.set_reserve_slack(slack);
+    }
+    if let Some(floor) = config.reserve_floor {
+        entry.device.set_reserve_floor(floor);
     }
     Ok(TorchDevice {
         device_id,
@@ -483,12 +497,14 @@ mod tests {
             ("GPUHAL_MEMORY_KIND", "managed"),
             ("GPUHAL_MEMORY_LIMIT", "2GiB"),
             ("GPUHAL_RESERVE_SLACK", "inf"),
+            ("GPUHAL_RESERVE_FLOOR", "0"),
         ]))
         .unwrap();
         assert_eq!(config.backend, "cuda");
         assert_eq!(config.kind, MemoryKind::Managed);
         assert_eq!(config.memory_limit, Some(2 << 30));
         assert_eq!(config.reserve_slack, Some(f64::INFINITY));
+        assert_eq!(config.reserve_floor, Some(0));
         let bad = TorchConfig::from_vars(vars(&[("GPUHAL_MEMORY_KIND", "pinned")])).unwrap_err();
         assert!(bad.contains("GPUHAL_MEMORY_KIND") && bad.contains("pinned"), "{bad}");
         assert!(TorchConfig::from_vars(vars(&[("GPUHAL_RESERVE_SLACK", "-1")])).is_err());

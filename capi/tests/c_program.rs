@@ -4,14 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory holding the built libgpuhal_capi (`target/<profile>`), found from this
-/// test's own executable (`target/<profile>/deps/c_program-…`).
+/// The directory holding the built libgpuhal_capi, found from this test's own executable
+/// (`target/<profile>/deps/c_program-…`): cargo writes the library into `deps/` and copies
+/// it up to `target/<profile>/` (not always before the tests start), so `deps/` is tried
+/// first.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    exe.parent()
-        .and_then(Path::parent)
+    let deps = exe
+        .parent()
         .expect("the test runs from target/<profile>/deps")
-        .to_path_buf()
+        .to_path_buf();
+    if deps.join("libgpuhal_capi.so").exists() {
+        deps
+    } else {
+        deps.parent().expect("deps has a parent").to_path_buf()
+    }
 }
 
 #[test]

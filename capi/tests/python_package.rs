@@ -9,11 +9,12 @@ fn python_package_tests_pass_on_the_mock() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("capi sits in the workspace root");
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let library = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps")
-        .join("libgpuhal_capi.so");
+    // cargo writes the library into deps/ and copies it up to target/<profile>/ later.
+    let deps = exe.parent().expect("the test runs from target/<profile>/deps");
+    let library = [deps.join("libgpuhal_capi.so"), deps.join("../libgpuhal_capi.so")]
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| deps.join("libgpuhal_capi.so"));
     assert!(library.exists(), "{} was not built", library.display());
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(&python)

@@ -184,7 +184,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         if entry.file_type()?.is_dir() {
             copy_tree(&path, &to.join(entry.file_name()))?;
         } else {
-            fs::copy(&path, to.join(entry.file_name())).with_context(|| format!("could not copy {}", path.display()))?;
+            fs::copy(&path, to.join(entry.file_name()))
+                .with_context(|| format!("could not copy {}", path.display()))?;
         }
     }
     Ok(())
