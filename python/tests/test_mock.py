@@ -73,6 +73,45 @@ class TorchEntryPoints(unittest.TestCase):
         self.assertEqual(after["native_allocations"], before["native_allocations"])
         self.assertGreaterEqual(after["live_bytes"] - before["live_bytes"], 2 * MiB)
 
+    def test_a_captures_allocations_stay_in_its_pool(self):
+        # What torch.cuda.graph's allocate-to-pool hooks ask for (through the C++ shim): memory
+        # drawn for a capture goes back to its pool, never to eager allocations.
+        lib, stream, size = _lib.lib(), 0x61, 3 * MiB
+        errors_before = gtorch.memory_stats()["gpuhal.free_errors"]
+        captured = lib.gpuhal_torch_malloc_in_pool(size, 0, stream, 7, 1)
+        self.assertTrue(captured, _lib.last_error_message())
+        gtorch.free(captured, size, 0, stream)
+        eager = gtorch.malloc(size, 0, stream)
+        self.assertNotEqual(eager, captured, "a capture's freed memory was handed to eager work")
+        again = lib.gpuhal_torch_malloc_in_pool(size, 0, stream, 7, 1)
+        self.assertEqual(again, captured, "a second capture into the same pool reuses its memory")
+        other_pool = lib.gpuhal_torch_malloc_in_pool(size, 0, stream, 8, 1)
+        self.assertNotIn(other_pool, (captured, eager))
+        lib.gpuhal_torch_release_pool(0, 7, 1)
+        lib.gpuhal_torch_release_pool(0, 8, 1)
+        # Released pools still free what they handed out, and nothing is counted as an error.
+        before = raw()
+        for address in (again, other_pool, eager):
+            gtorch.free(address, size, 0, stream)
+        after = raw()
+        self.assertEqual(gtorch.memory_stats()["gpuhal.free_errors"], errors_before)
+        # Graph pools count their live bytes in their own stats; the device's live bytes drop by
+        # the eager allocation alone.
+        self.assertEqual(before["live_bytes"] - after["live_bytes"], size)
+
+    def test_record_stream_is_taken_and_empty_cache_releases(self):
+        lib, size = _lib.lib(), 5 * MiB
+        errors = lambda: gtorch.memory_stats()["gpuhal.free_errors"]
+        before = errors()
+        address = gtorch.malloc(size, 0, 0x71)
+        lib.gpuhal_torch_record_stream(address, 0x72)
+        gtorch.free(address, size, 0, 0x71)
+        self.assertEqual(errors(), before)
+        lib.gpuhal_torch_record_stream(0x1234, 0x72)  # never handed out: counted, not fatal
+        self.assertEqual(errors(), before + 1)
+        lib.gpuhal_torch_empty_cache()
+        self.assertEqual(raw()["cached_bytes"], 0)
+
     def test_memory_stats_has_torch_names_and_every_gpuhal_counter(self):
         stats = gtorch.memory_stats()
         torch_names = {
