@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use gpuhal_hal::event_pool::PooledEvent;
-use gpuhal_hal::pool::{NativeBlock, NativeMemory};
+use gpuhal_hal::pool::{Allocator, NativeBlock};
 use gpuhal_hal::{Advice, DeviceId, Error, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, Result};
 use parking_lot::{Mutex, RwLock};
 
@@ -393,7 +393,7 @@ impl CudaMemory {
     }
 }
 
-impl NativeMemory for CudaMemory {
+impl Allocator for CudaMemory {
     type Stream = StreamHandle;
     type Marker = CudaMarker;
 

@@ -679,7 +679,7 @@ fn gpu_timings() {
     let hit = time(&mut || drop(device.allocate(1 << 20, MemoryKind::Device, &s).unwrap()));
     let raw_pool = device.allocator().native();
     let miss = time(&mut || {
-        use gpuhal_hal::pool::NativeMemory;
+        use gpuhal_hal::pool::Allocator;
         let block = raw_pool
             .allocate(1 << 20, MemoryKind::Device, Some(s.handle()))
             .unwrap();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use gpuhal_hal::pool::{NativeBlock, NativeMemory};
+use gpuhal_hal::pool::{Allocator, NativeBlock};
 use gpuhal_hal::{DeviceId, MemoryKind, Result, StreamId};
 
 use crate::clock::VectorClock;
@@ -16,7 +16,7 @@ pub struct MockMemory {
     pub(crate) state: Arc<DeviceState>,
 }
 
-impl NativeMemory for MockMemory {
+impl Allocator for MockMemory {
     type Stream = Arc<MockQueue>;
     type Marker = MockMarker;
 

@@ -1,6 +1,6 @@
 //! The mock as a checker: misuse is an error naming both sides, and nothing else is lost.
 
-use gpuhal_hal::pool::NativeMemory;
+use gpuhal_hal::pool::Allocator;
 use gpuhal_hal::{AsRegion, Device, Error, Event, Fence, GraphExec, ImportPolicy, MemoryKind, Region, Stream};
 use gpuhal_mock::{MockDevice, Profile};
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ash::vk;
-use gpuhal_hal::pool::{NativeBlock, NativeMemory};
+use gpuhal_hal::pool::{Allocator, NativeBlock};
 use gpuhal_hal::{DeviceId, Error, MemoryKind, MemoryStats, Region, Result};
 use parking_lot::Mutex;
 
@@ -299,7 +299,7 @@ struct Deferred {
     raw: RawBuffer,
 }
 
-/// The Vulkan implementation of [`NativeMemory`]: one `VkDeviceMemory` + `VkBuffer` per
+/// The Vulkan implementation of [`Allocator`]: one `VkDeviceMemory` + `VkBuffer` per
 /// native block. `Region::native` is the `VkBuffer` handle, `native_offset` the offset in
 /// it. Frees are ordered on the stream's timeline: a block is destroyed once the stream
 /// has passed every value submitted before the free.
@@ -388,7 +388,7 @@ impl VulkanMemory {
     }
 }
 
-impl NativeMemory for VulkanMemory {
+impl Allocator for VulkanMemory {
     type Stream = Arc<StreamNative>;
     type Marker = (Arc<Timeline>, u64);
 

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::pool::{self, CachingAllocator, NativeMemory, StreamCache};
+use crate::pool::{self, Allocator, CachingAllocator, StreamCache};
 use crate::stats::{EventStats, ImportStats, MemoryStats};
 use crate::types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,
@@ -17,7 +17,7 @@ pub trait Backend: 'static + Sized + Send + Sync + std::fmt::Debug {
     /// Short name ("mock", "cuda", "vulkan").
     const NAME: &'static str;
     /// Native memory under the caching pool.
-    type Memory: NativeMemory;
+    type Memory: Allocator;
     /// An opened device.
     type Device: Device<Self>;
     /// An in-order queue of work.

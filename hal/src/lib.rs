@@ -35,7 +35,7 @@ pub use backend::{
     check_device, Backend, Buffer, Device, DeviceInfo, Event, Fence, Graph, GraphExec, GraphPool, HostImport, Stream,
 };
 pub use error::{check_range, Error, NativeError, Result};
-pub use pool::{CachingAllocator, PoolConfig};
+pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig};
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use gpuhal_hal::pool::size_class::rounded_size;
 use gpuhal_hal::pool::{
-    Buffer, CachingAllocator, CountingMarker, CountingMemory, CountingStream, NativeBlock, NativeMemory, PoolConfig,
+    Allocator, Buffer, CachingAllocator, CountingMarker, CountingMemory, CountingStream, NativeBlock, PoolConfig,
     StreamCache,
 };
 use gpuhal_hal::{AsRegion, DeviceId, MemoryKind, Result as HalResult, StreamId};
@@ -28,7 +28,7 @@ struct Recording {
     bad_frees: Mutex<Vec<NativeBlock>>,
 }
 
-impl NativeMemory for Recording {
+impl Allocator for Recording {
     type Stream = Arc<CountingStream>;
     type Marker = CountingMarker;
 

@@ -4,6 +4,7 @@ use gpuhal_hal::{AsRegion, Backend, Buffer, Device, MemoryKind, Stream};
 
 use crate::case::{Case, Context, Failure, ResultExt};
 
+mod allocators;
 mod bad_input;
 mod concurrency;
 mod events;
@@ -17,6 +18,7 @@ mod memory;
 pub fn all<B: Backend>() -> Vec<Case<B>> {
     let mut cases = Vec::new();
     cases.extend(memory::cases::<B>());
+    cases.extend(allocators::cases::<B>());
     cases.extend(managed::cases::<B>());
     cases.extend(host_import::cases::<B>());
     cases.extend(events::cases::<B>());

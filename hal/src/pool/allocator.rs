@@ -7,10 +7,9 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use super::buffer::{Buffer, Owner};
-use super::native::{NativeBlock, NativeMemory};
+use super::native::{Allocator, NativeBlock};
 use super::size_class::{rounded_size, MAX_REQUEST};
-use super::split::WHOLE;
-use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache, Taken};
+use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
 use crate::spare;
 use crate::stats::MemoryStats;
@@ -87,7 +86,7 @@ impl Default for PoolConfig {
 pub const DEFAULT_RESERVE_FLOOR: u64 = 1 << 30;
 
 /// State shared by the allocator, every stream cache and every buffer.
-pub struct PoolShared<N: NativeMemory> {
+pub struct PoolShared<N: Allocator> {
     pub(crate) native: N,
     global: Mutex<GlobalState<N>>,
     /// Sum of idle bytes across shards, maintained only while a cache limit is set so
@@ -106,7 +105,7 @@ pub struct PoolShared<N: NativeMemory> {
     next_trace_id: AtomicU64,
 }
 
-pub(crate) struct GlobalState<N: NativeMemory> {
+pub(crate) struct GlobalState<N: Allocator> {
     g: GlobalCounters,
     shards: Vec<Weak<Shard<N>>>,
 }
@@ -139,11 +138,11 @@ const NO_LIMIT: u64 = u64::MAX;
 /// asks the native API, releasing idle blocks first when reserved memory would outgrow
 /// peak live memory by more than [`PoolConfig::reserve_floor`] (or
 /// [`PoolConfig::reserve_slack`] of it, when that is more), and releasing the whole cache and retrying once when the native API is out of memory.
-pub struct CachingAllocator<N: NativeMemory> {
+pub struct CachingAllocator<N: Allocator> {
     shared: Arc<PoolShared<N>>,
 }
 
-impl<N: NativeMemory> Clone for CachingAllocator<N> {
+impl<N: Allocator> Clone for CachingAllocator<N> {
     fn clone(&self) -> Self {
         CachingAllocator {
             shared: self.shared.clone(),
@@ -151,7 +150,7 @@ impl<N: NativeMemory> Clone for CachingAllocator<N> {
     }
 }
 
-impl<N: NativeMemory> CachingAllocator<N> {
+impl<N: Allocator> CachingAllocator<N> {
     /// An allocator over `native` with the default configuration.
     pub fn new(native: N) -> Self {
         Self::with_config(native, PoolConfig::default())
@@ -181,7 +180,9 @@ impl<N: NativeMemory> CachingAllocator<N> {
         CachingAllocator { shared }
     }
 
-    /// The native memory under the pool.
+    /// The native memory under the pool. A clone of this allocator (a cheap handle) keeps
+    /// it alive, so an [`Allocator`] of your own can forward to a device's native memory
+    /// through one and run under a caching allocator of its own.
     pub fn native(&self) -> &N {
         &self.shared.native
     }
@@ -192,7 +193,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
     }
 
     /// Creates the cache of a new stream. `stream` must keep the native stream alive
-    /// (see [`NativeMemory::Stream`]).
+    /// (see [`Allocator::Stream`]).
     pub fn stream_cache(&self, stream: N::Stream, id: StreamId) -> StreamCache<N> {
         let shard = Arc::new(Shard {
             shared: self.shared.clone(),
@@ -315,7 +316,7 @@ impl<N: NativeMemory> CachingAllocator<N> {
     }
 }
 
-impl<N: NativeMemory> PoolShared<N> {
+impl<N: Allocator> PoolShared<N> {
     pub(crate) fn allocate(this: &Arc<Self>, len: u64, kind: MemoryKind, stream: &StreamCache<N>) -> Result<Buffer<N>> {
         if len == 0 {
             return Ok(Buffer::empty(this.native.device(), kind));
@@ -337,8 +338,7 @@ impl<N: NativeMemory> PoolShared<N> {
             Some(taken) => taken,
             None => {
                 let block = this.allocate_native(shard, rounded, kind, len)?;
-                shard.note_miss(rounded, len);
-                Taken::new(&block, WHOLE, shard.clone())
+                shard.take_fresh(block, rounded, len)
             }
         };
         let block = taken.block();
@@ -362,10 +362,11 @@ impl<N: NativeMemory> PoolShared<N> {
 
     /// The miss path: limit check, budget release, native call, OOM release and retry.
     fn allocate_native(&self, shard: &Arc<Shard<N>>, rounded: u64, kind: MemoryKind, len: u64) -> Result<NativeBlock> {
+        let size = self.native.native_size(rounded, kind).max(rounded);
         let mut global = self.global.lock();
         global.g.miss_clock += 1;
         let live_rounded = self.sample_live(&mut global, true);
-        if let Some(limit) = self.make_room_under_limit(&mut global, rounded) {
+        if let Some(limit) = self.make_room_under_limit(&mut global, size) {
             drop(global);
             return Err(self.out_of_memory(len, kind, Some(limit)));
         }
@@ -387,22 +388,22 @@ impl<N: NativeMemory> PoolShared<N> {
                 None => floor,
             };
             let ceiling = budget.max(peak.saturating_add(floor));
-            let after = global.g.reserved_bytes + rounded;
+            let after = global.g.reserved_bytes + size;
             if after > ceiling {
                 self.evict(&mut global, after - ceiling);
             }
-            let after = global.g.reserved_bytes + rounded;
+            let after = global.g.reserved_bytes + size;
             if after > budget && min_age > 0 {
                 self.evict_idle(&mut global, after - budget, min_age);
             }
         }
 
-        let block = match self.native.allocate(rounded, kind, Some(&shard.stream)) {
+        let block = match self.native.allocate(size, kind, Some(&shard.stream)) {
             Ok(block) => block,
             Err(err) if err.is_out_of_memory() => {
                 global.g.oom_retries += 1;
                 self.evict(&mut global, u64::MAX);
-                match self.native.allocate(rounded, kind, Some(&shard.stream)) {
+                match self.native.allocate(size, kind, Some(&shard.stream)) {
                     Ok(block) => block,
                     Err(err) if err.is_out_of_memory() => {
                         global.g.oom_errors += 1;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::graph_pool::GraphPoolInner;
-use super::native::{NativeBlock, NativeMemory};
+use super::native::{Allocator, NativeBlock};
 use super::split::{PieceId, WHOLE};
 use super::stream_cache::{Shard, StreamCache};
 use crate::types::{AsRegion, DeviceId, MemoryKind, Region};
 
 /// Where a buffer goes back to when dropped.
-pub(crate) enum Owner<N: NativeMemory> {
+pub(crate) enum Owner<N: Allocator> {
     /// The cache of the stream it was allocated on.
     Stream(Arc<Shard<N>>),
     /// A graph pool (allocated while a stream was capturing).
@@ -26,7 +26,7 @@ pub(crate) enum Owner<N: NativeMemory> {
 /// A buffer used on a stream other than its own must say so with
 /// [`record_use`](Buffer::record_use): it is then not handed out again until that
 /// stream's work up to the drop has completed.
-pub struct Buffer<N: NativeMemory> {
+pub struct Buffer<N: Allocator> {
     pub(crate) owner: Owner<N>,
     pub(crate) block: NativeBlock,
     /// Its piece id when it is a piece of a cut native allocation (it goes back to its
@@ -37,7 +37,7 @@ pub struct Buffer<N: NativeMemory> {
     pub(crate) trace_id: u64,
 }
 
-impl<N: NativeMemory> Buffer<N> {
+impl<N: Allocator> Buffer<N> {
     pub(crate) fn empty(device: DeviceId, kind: MemoryKind) -> Self {
         Buffer {
             owner: Owner::Empty(device),
@@ -112,7 +112,7 @@ impl<N: NativeMemory> Buffer<N> {
     }
 }
 
-impl<N: NativeMemory> AsRegion for Buffer<N> {
+impl<N: Allocator> AsRegion for Buffer<N> {
     fn region(&self) -> Region {
         Region {
             device: self.device(),
@@ -125,7 +125,7 @@ impl<N: NativeMemory> AsRegion for Buffer<N> {
     }
 }
 
-impl<N: NativeMemory> std::fmt::Debug for Buffer<N> {
+impl<N: Allocator> std::fmt::Debug for Buffer<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Buffer")
             .field("address", &format_args!("{:#x}", self.block.address))
@@ -136,7 +136,7 @@ impl<N: NativeMemory> std::fmt::Debug for Buffer<N> {
     }
 }
 
-impl<N: NativeMemory> Drop for Buffer<N> {
+impl<N: Allocator> Drop for Buffer<N> {
     fn drop(&mut self) {
         let uses = std::mem::take(self.uses.get_mut());
         // The shard reference is moved out, not borrowed: it goes into the free list

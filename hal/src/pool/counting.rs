@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::native::{NativeBlock, NativeMemory};
+use super::native::{Allocator, NativeBlock};
 use crate::error::{Error, NativeError, Result};
 use crate::types::{DeviceId, MemoryKind};
 
@@ -98,7 +98,7 @@ impl CountingMemory {
     }
 }
 
-impl NativeMemory for CountingMemory {
+impl Allocator for CountingMemory {
     type Stream = Arc<CountingStream>;
     type Marker = CountingMarker;
 

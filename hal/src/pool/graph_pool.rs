@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use super::allocator::{CachingAllocator, PoolShared};
 use super::buffer::{Buffer, Owner};
-use super::native::{NativeBlock, NativeMemory};
+use super::native::{Allocator, NativeBlock};
 use super::size_class::rounded_size;
 use crate::error::Result;
 use crate::stats::MemoryStats;
@@ -42,7 +42,7 @@ struct GraphPoolState {
     allocations: u64,
 }
 
-pub(crate) struct GraphPoolInner<N: NativeMemory> {
+pub(crate) struct GraphPoolInner<N: Allocator> {
     shared: Arc<PoolShared<N>>,
     state: Mutex<GraphPoolState>,
 }
@@ -58,11 +58,11 @@ pub(crate) struct GraphPoolInner<N: NativeMemory> {
 /// }
 /// assert!(pool.stats().reserved_bytes <= largest * 105 / 100);
 /// ```
-pub struct GraphPool<N: NativeMemory> {
+pub struct GraphPool<N: Allocator> {
     inner: Arc<GraphPoolInner<N>>,
 }
 
-impl<N: NativeMemory> Clone for GraphPool<N> {
+impl<N: Allocator> Clone for GraphPool<N> {
     fn clone(&self) -> Self {
         GraphPool {
             inner: self.inner.clone(),
@@ -70,13 +70,13 @@ impl<N: NativeMemory> Clone for GraphPool<N> {
     }
 }
 
-impl<N: NativeMemory> std::fmt::Debug for GraphPool<N> {
+impl<N: Allocator> std::fmt::Debug for GraphPool<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GraphPool").field("stats", &self.stats()).finish()
     }
 }
 
-impl<N: NativeMemory> GraphPool<N> {
+impl<N: Allocator> GraphPool<N> {
     /// A new, empty pool drawing on `allocator`'s native memory (and counted against its
     /// memory limit).
     pub fn new(allocator: &CachingAllocator<N>) -> Self {
@@ -190,7 +190,7 @@ impl<N: NativeMemory> GraphPool<N> {
     }
 }
 
-impl<N: NativeMemory> GraphPoolInner<N> {
+impl<N: Allocator> GraphPoolInner<N> {
     pub(crate) fn device(&self) -> DeviceId {
         self.shared.native.device()
     }
@@ -230,7 +230,7 @@ impl<N: NativeMemory> GraphPoolInner<N> {
     }
 }
 
-impl<N: NativeMemory> Drop for GraphPoolInner<N> {
+impl<N: Allocator> Drop for GraphPoolInner<N> {
     fn drop(&mut self) {
         for segment in self.state.get_mut().segments.drain(..) {
             let freed = self.shared.native.free(segment.block, None).is_ok();

@@ -1,6 +1,7 @@
 //! The caching pool, written once for every backend.
 //!
-//! A backend implements [`NativeMemory`] (allocate, free, stream markers) and gets a
+//! A backend (or a framework with a memory source of its own) implements [`Allocator`]
+//! (allocate, free, stream markers) and gets a
 //! [`CachingAllocator`]: per-stream caches with size classes, misses served by cutting a
 //! larger idle block and pieces merged back when freed, cross-stream reuse only
 //! after the other stream's recorded use has completed, release-and-retry on out of
@@ -20,5 +21,5 @@ pub use allocator::{CachingAllocator, PoolConfig, PoolShared, DEFAULT_RESERVE_FL
 pub use buffer::Buffer;
 pub use counting::{CountingMarker, CountingMemory, CountingStream};
 pub use graph_pool::GraphPool;
-pub use native::{NativeBlock, NativeMemory};
+pub use native::{Allocator, NativeBlock};
 pub use stream_cache::{Shard, StreamCache};

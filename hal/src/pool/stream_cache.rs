@@ -12,7 +12,7 @@ pub(crate) use crate::hot_lock::HotLock as ShardLock;
 use super::allocator::PoolShared;
 use super::buffer::Buffer;
 use super::graph_pool::GraphPool;
-use super::native::{NativeBlock, NativeMemory};
+use super::native::{Allocator, NativeBlock};
 use super::size_class::class_index;
 use super::split::{may_serve, splits, PieceId, SplitBlocks, MIN_REMAINDER, WHOLE};
 use crate::spare;
@@ -22,7 +22,7 @@ use crate::types::{DeviceId, MemoryKind, StreamId};
 pub(crate) const NEAR_FIT_STEPS: usize = 8;
 
 /// Free lists indexed by `class_index * 3 + kind`, grown on demand.
-pub(crate) struct FreeLists<N: NativeMemory> {
+pub(crate) struct FreeLists<N: Allocator> {
     lists: Vec<Vec<CachedBlock<N>>>,
     /// A bit per slot, set when a block is pushed there and cleared lazily when the miss
     /// path finds the list empty: lets the miss path find the smallest larger whole block
@@ -31,7 +31,7 @@ pub(crate) struct FreeLists<N: NativeMemory> {
 }
 
 // Not derived: a derive would ask `N: Default`.
-impl<N: NativeMemory> Default for FreeLists<N> {
+impl<N: Allocator> Default for FreeLists<N> {
     fn default() -> Self {
         FreeLists {
             lists: Vec::new(),
@@ -40,7 +40,7 @@ impl<N: NativeMemory> Default for FreeLists<N> {
     }
 }
 
-impl<N: NativeMemory> FreeLists<N> {
+impl<N: Allocator> FreeLists<N> {
     #[inline]
     fn slot(class: usize, kind: MemoryKind) -> usize {
         class * MemoryKind::ALL.len() + kind.index()
@@ -159,7 +159,7 @@ impl<N: NativeMemory> FreeLists<N> {
 /// The block's fields are stored without its kind (the list's slot says it), so the
 /// entry has no padding: copying a `NativeBlock`'s padding bytes in and out of the list
 /// compiled to partial copies that stalled the hit path on store forwarding.
-pub(crate) struct CachedBlock<N: NativeMemory> {
+pub(crate) struct CachedBlock<N: Allocator> {
     address: u64,
     pub(crate) size: u64,
     native: u64,
@@ -168,7 +168,7 @@ pub(crate) struct CachedBlock<N: NativeMemory> {
     pub(crate) home: Arc<Shard<N>>,
 }
 
-impl<N: NativeMemory> CachedBlock<N> {
+impl<N: Allocator> CachedBlock<N> {
     /// The block, given the kind of the list it is in.
     #[inline]
     pub(crate) fn block(&self, kind: MemoryKind) -> NativeBlock {
@@ -187,7 +187,7 @@ impl<N: NativeMemory> CachedBlock<N> {
 ///
 /// Scalars rather than a `NativeBlock`: moving a block's padding bytes through the hit
 /// path's return value compiled to partial copies that stalled on store forwarding.
-pub(crate) struct Taken<N: NativeMemory> {
+pub(crate) struct Taken<N: Allocator> {
     address: u64,
     size: u64,
     native: u64,
@@ -197,7 +197,7 @@ pub(crate) struct Taken<N: NativeMemory> {
     pub(crate) home: Arc<Shard<N>>,
 }
 
-impl<N: NativeMemory> Taken<N> {
+impl<N: Allocator> Taken<N> {
     #[inline]
     pub(crate) fn new(block: &NativeBlock, piece: PieceId, home: Arc<Shard<N>>) -> Self {
         Taken {
@@ -225,7 +225,7 @@ impl<N: NativeMemory> Taken<N> {
 }
 
 /// A block freed while other streams may still be using it.
-pub(crate) struct PendingBlock<N: NativeMemory> {
+pub(crate) struct PendingBlock<N: Allocator> {
     pub(crate) block: NativeBlock,
     /// Its piece id when it is a piece of a cut native allocation (see [`SplitBlocks`]);
     /// [`WHOLE`] otherwise.
@@ -253,7 +253,7 @@ pub(crate) struct ShardCounters {
     pub(crate) misses: u64,
 }
 
-pub(crate) struct ShardState<N: NativeMemory> {
+pub(crate) struct ShardState<N: Allocator> {
     pub(crate) free: FreeLists<N>,
     /// Pieces of native allocations cut to serve smaller requests.
     pub(crate) split: SplitBlocks,
@@ -269,7 +269,7 @@ pub(crate) struct ShardState<N: NativeMemory> {
     pub(crate) miss_clock: u64,
 }
 
-impl<N: NativeMemory> ShardState<N> {
+impl<N: Allocator> ShardState<N> {
     /// The state of a new shard: nothing cached, nothing counted.
     pub(crate) fn new() -> Self {
         ShardState {
@@ -294,14 +294,14 @@ impl<N: NativeMemory> ShardState<N> {
 /// when the stream's cache is dropped, and by eviction. The locked state lives in
 /// `'static` storage (see `spare.rs`) so that a return can lock it while
 /// moving the reference into it.
-pub struct Shard<N: NativeMemory> {
+pub struct Shard<N: Allocator> {
     pub(crate) shared: Arc<PoolShared<N>>,
     pub(crate) stream: N::Stream,
     pub(crate) id: StreamId,
     pub(crate) state: &'static ShardLock<ShardState<N>>,
 }
 
-impl<N: NativeMemory> Shard<N> {
+impl<N: Allocator> Shard<N> {
     pub(crate) fn device(&self) -> DeviceId {
         self.shared.native.device()
     }
@@ -402,11 +402,25 @@ impl<N: NativeMemory> Shard<N> {
         (class..=class + NEAR_FIT_STEPS).find_map(|c| free.pop(c, kind))
     }
 
-    /// Accounts a block just obtained from the native API.
-    pub(crate) fn note_miss(&self, rounded: u64, len: u64) {
+    /// Hands out a block just obtained from the native API for a request of `rounded`
+    /// bytes. A block larger than that (a source that allocates in chunks, see
+    /// [`Allocator::native_size`]) is cut, and the rest stays idle as a piece.
+    #[cold]
+    pub(crate) fn take_fresh(self: &Arc<Self>, block: NativeBlock, rounded: u64, len: u64) -> Taken<N> {
         let mut state = self.state.lock();
         state.counters.misses += 1;
-        Self::count_live(&mut state.counters, len, rounded);
+        if !splits(block.kind) || block.size < rounded + MIN_REMAINDER {
+            Self::count_live(&mut state.counters, len, block.size);
+            return Taken::new(&block, WHOLE, self.clone());
+        }
+        let (id, handed) = state.split.carve(block, WHOLE, rounded);
+        let rest = block.size - rounded;
+        let c = &mut state.counters;
+        c.cached_bytes += rest;
+        c.cached_count += 1;
+        c.split_idle_bytes += rest;
+        Self::count_live(c, len, handed.size);
+        Taken::new(&handed, id, self.clone())
     }
 
     fn count_live(c: &mut ShardCounters, len: u64, rounded: u64) {
@@ -618,7 +632,7 @@ impl<N: NativeMemory> Shard<N> {
     }
 }
 
-impl<N: NativeMemory> Drop for Shard<N> {
+impl<N: Allocator> Drop for Shard<N> {
     fn drop(&mut self) {
         let old = {
             let mut state = self.state.lock();
@@ -635,13 +649,13 @@ impl<N: NativeMemory> Drop for Shard<N> {
 
 /// What a backend's stream embeds to allocate through the caching pool: its shard, and
 /// the graph pool that serves allocations while the stream is capturing.
-pub struct StreamCache<N: NativeMemory> {
+pub struct StreamCache<N: Allocator> {
     base: Arc<Shard<N>>,
     capturing: AtomicBool,
     capture_pool: Mutex<Option<GraphPool<N>>>,
 }
 
-impl<N: NativeMemory> StreamCache<N> {
+impl<N: Allocator> StreamCache<N> {
     pub(crate) fn new(base: Arc<Shard<N>>) -> Self {
         StreamCache {
             base,
@@ -698,7 +712,7 @@ impl<N: NativeMemory> StreamCache<N> {
     }
 }
 
-impl<N: NativeMemory> Drop for StreamCache<N> {
+impl<N: Allocator> Drop for StreamCache<N> {
     fn drop(&mut self) {
         self.base.orphan();
     }
