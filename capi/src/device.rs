@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use gpuhal::{Advice, AnyDevice, DynDevice, EventStats, ImportStats, ManagedPolicy, MemoryStats};
 
 use crate::allocations::Allocations;
-use crate::ffi::{read_in, read_str, write_out};
+use crate::ffi::{produce, read_in, read_str, write_out};
 use crate::handles::{GpuhalDevice, Table};
 use crate::status::{guard, Failure, GpuhalStatus, InFunction};
 
@@ -233,12 +233,13 @@ pub unsafe extern "C" fn gpuhal_device_open(
     guard(F, || {
         // SAFETY: the caller passes a NUL-terminated string (null is refused).
         let backend = unsafe { read_str(F, "backend", backend) }?;
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let id = DeviceEntry::open(F, backend, ordinal)?;
-        // SAFETY: `out` is not null and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalDevice { id }) }
+        let make = || {
+            Ok(GpuhalDevice {
+                id: DeviceEntry::open(F, backend, ordinal)?,
+            })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

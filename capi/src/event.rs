@@ -3,9 +3,9 @@
 use gpuhal::{AnyEvent, DynDevice, DynEvent};
 
 use crate::device::DEVICES;
-use crate::ffi::write_out;
+use crate::ffi::{produce, write_out};
 use crate::handles::{GpuhalDevice, GpuhalEvent, GpuhalStream, Table};
-use crate::status::{guard, Failure, GpuhalStatus, InFunction};
+use crate::status::{guard, GpuhalStatus, InFunction};
 use crate::stream::stream;
 
 /// An event handed to C.
@@ -30,13 +30,13 @@ pub unsafe extern "C" fn gpuhal_event_acquire(
 ) -> GpuhalStatus {
     const F: &str = "gpuhal_event_acquire";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let event = DEVICES.get(F, device.id)?.device.event(timing).in_function(F)?;
-        let id = EVENTS.insert(EventEntry { event });
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalEvent { id }) }
+        let make = || {
+            let event = DEVICES.get(F, device.id)?.device.event(timing).in_function(F)?;
+            let id = EVENTS.insert(EventEntry { event });
+            Ok(GpuhalEvent { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

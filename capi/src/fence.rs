@@ -5,9 +5,9 @@ use std::time::Duration;
 use gpuhal::{AnyFence, DynDevice, DynFence};
 
 use crate::device::DEVICES;
-use crate::ffi::write_out;
+use crate::ffi::{produce, write_out};
 use crate::handles::{GpuhalDevice, GpuhalFence, Table};
-use crate::status::{guard, Failure, GpuhalStatus, InFunction};
+use crate::status::{guard, GpuhalStatus, InFunction};
 
 /// Every live fence.
 pub static FENCES: Table<AnyFence> = Table::new("fence");
@@ -25,13 +25,13 @@ pub unsafe extern "C" fn gpuhal_fence_create(
 ) -> GpuhalStatus {
     const F: &str = "gpuhal_fence_create";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let fence = DEVICES.get(F, device.id)?.device.create_fence(initial).in_function(F)?;
-        let id = FENCES.insert(fence);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalFence { id }) }
+        let make = || {
+            let fence = DEVICES.get(F, device.id)?.device.create_fence(initial).in_function(F)?;
+            let id = FENCES.insert(fence);
+            Ok(GpuhalFence { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

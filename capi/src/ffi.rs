@@ -93,3 +93,23 @@ fn host_len(function: &str, what: &str, len: u64) -> Result<usize, Failure> {
         .filter(|&len| len <= isize::MAX as usize)
         .ok_or_else(|| Failure::invalid(function, format!("{what}: {len} bytes does not fit in host memory")))
 }
+
+/// Runs `make` and writes what it returns through `out`. A null `out` is refused before
+/// `make` runs, so nothing is created that the caller could not receive.
+///
+/// # Safety
+///
+/// `out` is null or valid for writing a `T`.
+pub unsafe fn produce<T>(
+    function: &str,
+    out: *mut T,
+    make: impl FnOnce() -> Result<T, Failure>,
+) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(Failure::invalid(function, "out is null"));
+    }
+    let value = make()?;
+    // SAFETY: not null, and the caller guarantees it is valid for a write.
+    unsafe { out.write(value) };
+    Ok(())
+}

@@ -4,9 +4,9 @@ use gpuhal::{AnyGraph, AnyGraphExec, AnyGraphPool, DynDevice, DynGraph, DynGraph
 use parking_lot::Mutex;
 
 use crate::device::{GpuhalMemoryStats, DEVICES};
-use crate::ffi::write_out;
+use crate::ffi::{produce, write_out};
 use crate::handles::{GpuhalDevice, GpuhalGraph, GpuhalGraphExec, GpuhalGraphPool, GpuhalStream, Table};
-use crate::status::{guard, Failure, GpuhalStatus, InFunction};
+use crate::status::{guard, GpuhalStatus, InFunction};
 use crate::stream::stream;
 
 /// Every live graph pool.
@@ -26,13 +26,13 @@ pub static EXECS: Table<Mutex<AnyGraphExec>> = Table::new("graph exec");
 pub unsafe extern "C" fn gpuhal_graph_pool_create(device: GpuhalDevice, out: *mut GpuhalGraphPool) -> GpuhalStatus {
     const F: &str = "gpuhal_graph_pool_create";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let pool = DEVICES.get(F, device.id)?.device.graph_pool();
-        let id = POOLS.insert(pool);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalGraphPool { id }) }
+        let make = || {
+            let pool = DEVICES.get(F, device.id)?.device.graph_pool();
+            let id = POOLS.insert(pool);
+            Ok(GpuhalGraphPool { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 
@@ -84,13 +84,13 @@ pub unsafe extern "C" fn gpuhal_graph_node_count(graph: GpuhalGraph, nodes: *mut
 pub unsafe extern "C" fn gpuhal_graph_instantiate(graph: GpuhalGraph, out: *mut GpuhalGraphExec) -> GpuhalStatus {
     const F: &str = "gpuhal_graph_instantiate";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let exec = GRAPHS.get(F, graph.id)?.instantiate().in_function(F)?;
-        let id = EXECS.insert(Mutex::new(exec));
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalGraphExec { id }) }
+        let make = || {
+            let exec = GRAPHS.get(F, graph.id)?.instantiate().in_function(F)?;
+            let id = EXECS.insert(Mutex::new(exec));
+            Ok(GpuhalGraphExec { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

@@ -6,9 +6,9 @@ use std::ffi::c_void;
 use gpuhal::{DynDevice, HostImport, ImportPath, ImportPolicy};
 
 use crate::device::DEVICES;
-use crate::ffi::{host_slice, read_in, write_out};
+use crate::ffi::{host_slice, produce, read_in};
 use crate::handles::{GpuhalDevice, GpuhalImport, GpuhalStream, Table};
-use crate::status::{guard, Failure, GpuhalStatus, InFunction};
+use crate::status::{guard, GpuhalStatus, InFunction};
 use crate::stream::stream;
 
 /// The device reads the pageable host memory directly.
@@ -74,9 +74,6 @@ pub unsafe extern "C" fn gpuhal_import_host(
 ) -> GpuhalStatus {
     const F: &str = "gpuhal_import_host";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
         let policy = if policy.is_null() {
             ImportPolicy::ZERO_COPY
         } else {
@@ -92,27 +89,21 @@ pub unsafe extern "C" fn gpuhal_import_host(
         // SAFETY: the caller keeps `len` bytes at `host` readable until the import is
         // released, which is what the 'static borrow stands for here.
         let bytes: &'static [u8] = unsafe { host_slice(F, "host", host.cast(), len) }?;
-        let entry = DEVICES.get(F, device.id)?;
-        let on = self::stream(F, stream)?;
-        let import = entry.device.import_host(bytes, policy, &on.stream).in_function(F)?;
-        let result = GpuhalImportResult {
-            path: path_code(import.path()),
-            device_address: import.device_address(),
-            import: GpuhalImport { id: 0 },
-        };
-        let id = IMPORTS.insert(import);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe {
-            write_out(
-                F,
-                "out",
-                out,
-                GpuhalImportResult {
-                    import: GpuhalImport { id },
-                    ..result
+        let make = || {
+            let entry = DEVICES.get(F, device.id)?;
+            let on = self::stream(F, stream)?;
+            let import = entry.device.import_host(bytes, policy, &on.stream).in_function(F)?;
+            let (path, device_address) = (path_code(import.path()), import.device_address());
+            Ok(GpuhalImportResult {
+                import: GpuhalImport {
+                    id: IMPORTS.insert(import),
                 },
-            )
-        }
+                path,
+                device_address,
+            })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

@@ -7,7 +7,7 @@ use gpuhal::{DynBuffer, DynDevice, DynStream, MemoryKind};
 
 use crate::allocations::Located;
 use crate::device::{DeviceEntry, DEVICES};
-use crate::ffi::{host_slice, host_slice_mut, write_out};
+use crate::ffi::{host_slice, host_slice_mut, produce};
 use crate::handles::{GpuhalDevice, GpuhalStream};
 use crate::status::{guard, Failure, GpuhalStatus, InFunction};
 use crate::stream::{stream, StreamEntry};
@@ -120,24 +120,23 @@ pub unsafe extern "C" fn gpuhal_malloc(
 ) -> GpuhalStatus {
     const F: &str = "gpuhal_malloc";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let kind = memory_kind(F, kind)?;
-        let entry = DEVICES.get(F, device.id)?;
-        let on = self::stream(F, stream)?;
-        if on.device_id != device.id {
-            return Err(Failure::new(
-                GpuhalStatus::Foreign,
-                format!(
-                    "{F}: stream handle {} belongs to device handle {}, not {}",
-                    stream.id, on.device_id, device.id
-                ),
-            ));
-        }
-        let address = allocate(F, &entry, size, kind, &on)?;
-        // SAFETY: `out` is not null and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, address as *mut c_void) }
+        let make = || {
+            let kind = memory_kind(F, kind)?;
+            let entry = DEVICES.get(F, device.id)?;
+            let on = self::stream(F, stream)?;
+            if on.device_id != device.id {
+                return Err(Failure::new(
+                    GpuhalStatus::Foreign,
+                    format!(
+                        "{F}: stream handle {} belongs to device handle {}, not {}",
+                        stream.id, on.device_id, device.id
+                    ),
+                ));
+            }
+            Ok(allocate(F, &entry, size, kind, &on)? as *mut c_void)
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 

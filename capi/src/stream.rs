@@ -8,7 +8,7 @@ use gpuhal::{AnyStream, DynDevice, DynStream};
 use crate::device::{DeviceEntry, DEVICES};
 use crate::event::EVENTS;
 use crate::fence::FENCES;
-use crate::ffi::write_out;
+use crate::ffi::produce;
 use crate::graph::{GRAPHS, POOLS};
 use crate::handles::{GpuhalDevice, GpuhalEvent, GpuhalFence, GpuhalGraph, GpuhalGraphPool, GpuhalStream, Table};
 use crate::status::{guard, Failure, GpuhalStatus, InFunction};
@@ -49,14 +49,14 @@ pub fn register(stream: AnyStream, device: Arc<DeviceEntry>, device_id: u64) -> 
 pub unsafe extern "C" fn gpuhal_stream_create(device: GpuhalDevice, out: *mut GpuhalStream) -> GpuhalStatus {
     const F: &str = "gpuhal_stream_create";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let entry = DEVICES.get(F, device.id)?;
-        let stream = entry.device.create_stream().in_function(F)?;
-        let id = register(stream, entry, device.id);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalStream { id }) }
+        let make = || {
+            let entry = DEVICES.get(F, device.id)?;
+            let stream = entry.device.create_stream().in_function(F)?;
+            let id = register(stream, entry, device.id);
+            Ok(GpuhalStream { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 
@@ -77,15 +77,15 @@ pub unsafe extern "C" fn gpuhal_stream_adopt(
 ) -> GpuhalStatus {
     const F: &str = "gpuhal_stream_adopt";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let entry = DEVICES.get(F, device.id)?;
-        // SAFETY: the caller upholds adopt_stream's contract (documented above).
-        let stream = unsafe { entry.device.adopt_stream(raw) }.in_function(F)?;
-        let id = register(stream, entry, device.id);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalStream { id }) }
+        let make = || {
+            let entry = DEVICES.get(F, device.id)?;
+            // SAFETY: the caller upholds adopt_stream's contract (documented above).
+            let stream = unsafe { entry.device.adopt_stream(raw) }.in_function(F)?;
+            let id = register(stream, entry, device.id);
+            Ok(GpuhalStream { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
 
@@ -155,12 +155,12 @@ pub extern "C" fn gpuhal_stream_begin_capture(stream: GpuhalStream, pool: Gpuhal
 pub unsafe extern "C" fn gpuhal_stream_end_capture(stream: GpuhalStream, out: *mut GpuhalGraph) -> GpuhalStatus {
     const F: &str = "gpuhal_stream_end_capture";
     guard(F, || {
-        if out.is_null() {
-            return Err(Failure::invalid(F, "out is null"));
-        }
-        let graph = self::stream(F, stream)?.stream.end_capture().in_function(F)?;
-        let id = GRAPHS.insert(graph);
-        // SAFETY: not null, and the caller passes it valid for a write.
-        unsafe { write_out(F, "out", out, GpuhalGraph { id }) }
+        let make = || {
+            let graph = self::stream(F, stream)?.stream.end_capture().in_function(F)?;
+            let id = GRAPHS.insert(graph);
+            Ok(GpuhalGraph { id })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
     })
 }
