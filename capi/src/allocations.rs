@@ -45,7 +45,8 @@ impl Allocations {
         let (&start, buffer) = by_address.range(..=address).next_back()?;
         let offset = address - start;
         let end = offset.checked_add(len)?;
-        (end <= buffer.len() && (offset < buffer.len() || len == 0)).then(|| Located {
+        // The address itself must fall inside the buffer (one past its end is the next one's).
+        (offset < buffer.len() && end <= buffer.len()).then(|| Located {
             buffer: buffer.clone(),
             offset,
         })
@@ -64,5 +65,33 @@ impl Allocations {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gpuhal::{AnyDevice, DynDevice, MemoryKind};
+
+    use super::*;
+
+    #[test]
+    fn pointers_lead_back_to_their_buffer_and_not_past_its_end() {
+        let device = AnyDevice::open("mock", 0).unwrap();
+        let stream = device.create_stream().unwrap();
+        let table = Allocations::default();
+        let a = table.insert(device.allocate(4096, MemoryKind::Device, &stream).unwrap());
+        let empty = table.insert(device.allocate(0, MemoryKind::Device, &stream).unwrap());
+        assert_eq!(empty, 0, "an empty buffer has no address to free");
+        assert_eq!(table.len(), 1);
+        let inside = table.locate(a + 100, 50).unwrap();
+        assert_eq!((inside.buffer.address(), inside.offset), (a, 100));
+        assert!(table.locate(a + 4000, 200).is_none(), "a range running past the end");
+        assert!(!table.holds(a + 4096), "one past the end is not this buffer's");
+        assert!(!table.holds(a.wrapping_sub(1)));
+        assert!(table.locate(a + 1, u64::MAX).is_none(), "an overflowing range");
+        assert!(table.remove(a + 1).is_none(), "free takes the start address");
+        assert!(table.remove(a).is_some());
+        assert!(table.remove(a).is_none(), "a second free finds nothing");
+        assert!(table.is_empty());
     }
 }
