@@ -1,5 +1,6 @@
-//! The gpuhal conformance suite: cases generic over any [`Backend`], and the runner that
-//! executes them on a fresh device each and reports the results by area.
+//! The gpuhal conformance suite: cases generic over any [`Backend`](gpuhal_hal::Backend),
+//! and the runner that executes them on a fresh device each and reports the results by
+//! area.
 //!
 //! ```ignore
 //! let report = gpuhal_conformance::run_suite::<MockBackend>(|| MockDevice::open(config.clone()), None);
