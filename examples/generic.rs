@@ -9,11 +9,11 @@ use gpuhal::mock::{MockBackend, MockConfig, MockDevice, Profile};
 use gpuhal::{Backend, Device, Event, MemoryKind, Result, Stream};
 
 /// Fills a buffer on the device, copies it and reads the copy back: a framework's
-/// `zeros` + `clone` + `to_host`.
-fn filled_copy<B: Backend>(device: &B::Device, len: u64, value: u8) -> Result<Vec<u8>> {
-    let stream = device.create_stream()?;
-    let source = device.allocate(len, MemoryKind::Device, &stream)?;
-    let copy = device.allocate(len, MemoryKind::Device, &stream)?;
+/// `zeros` + `clone` + `to_host`. Each stream has its own cache: keep streams, don't
+/// create one per operation.
+fn filled_copy<B: Backend>(device: &B::Device, stream: &B::Stream, len: u64, value: u8) -> Result<Vec<u8>> {
+    let source = device.allocate(len, MemoryKind::Device, stream)?;
+    let copy = device.allocate(len, MemoryKind::Device, stream)?;
     stream.fill(&source, 0, len, value)?;
     stream.copy(&source, 0, &copy, 0, len)?;
     let mut host = vec![0; len as usize];
@@ -43,9 +43,10 @@ fn main() -> Result<()> {
             profile,
             ..Default::default()
         })?;
-        let copy = filled_copy::<MockBackend>(&device, 1 << 20, 7)?;
-        // The second call's buffers come from the stream cache: no native allocation.
-        filled_copy::<MockBackend>(&device, 1 << 20, 8)?;
+        let stream = device.create_stream()?;
+        let copy = filled_copy::<MockBackend>(&device, &stream, 1 << 20, 7)?;
+        // The second call's buffers come from the stream's cache: no native allocation.
+        filled_copy::<MockBackend>(&device, &stream, 1 << 20, 8)?;
         let handed = hand_off::<MockBackend>(&device, 4096)?;
         let stats = device.memory_stats();
         println!(
@@ -75,7 +76,8 @@ mod tests {
     #[test]
     fn filled_copy_returns_the_fill() -> Result<()> {
         let device = mock()?;
-        assert_eq!(filled_copy::<MockBackend>(&device, 4096, 7)?, vec![7; 4096]);
+        let stream = device.create_stream()?;
+        assert_eq!(filled_copy::<MockBackend>(&device, &stream, 4096, 7)?, vec![7; 4096]);
         // Every buffer went back to the allocator.
         assert_eq!(device.memory_stats().live_bytes, 0);
         Ok(())
@@ -84,9 +86,10 @@ mod tests {
     #[test]
     fn a_second_call_is_served_from_the_cache() -> Result<()> {
         let device = mock()?;
-        filled_copy::<MockBackend>(&device, 4096, 1)?;
+        let stream = device.create_stream()?;
+        filled_copy::<MockBackend>(&device, &stream, 4096, 1)?;
         let before = device.memory_stats();
-        filled_copy::<MockBackend>(&device, 4096, 2)?;
+        filled_copy::<MockBackend>(&device, &stream, 4096, 2)?;
         let after = device.memory_stats();
         assert_eq!(
             after.native_allocations, before.native_allocations,
