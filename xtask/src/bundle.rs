@@ -28,6 +28,8 @@ const CAPI_LIBRARY: &str = "libgpuhal_capi.so";
 /// The Python package and its PyTorch workload, shipped as source (they load the library
 /// by path, so nothing is installed on the GPU host).
 const PYTHON_SHIPPED: [&str; 2] = ["python/gpuhal", "python/benchmarks"];
+/// The facade's examples that run on CUDA (run.sh's `examples` step runs them on the GPU).
+const CUDA_EXAMPLES: [&str; 4] = ["cuda_kernel", "graph_batches", "managed_policy", "import_mmap"];
 
 #[derive(Args, Clone, Debug)]
 pub struct BundleArgs {
@@ -79,6 +81,21 @@ pub fn gpu_bundle(args: &BundleArgs) -> Result<()> {
         "cuda",
     ]))?;
     copy_one(&bench, BENCH_BIN, &bin.join(BENCH_BIN))?;
+
+    let examples = build_executables(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        "gpuhal",
+        "--examples",
+        "--features",
+        "cuda",
+    ]))?;
+    let examples_dir = out.join("examples");
+    fs::create_dir_all(&examples_dir).with_context(|| format!("could not create {}", examples_dir.display()))?;
+    for example in CUDA_EXAMPLES {
+        copy_one(&examples, example, &examples_dir.join(example))?;
+    }
 
     // Every test binary of the CUDA crate: its unit tests and each file under tests/.
     let cuda_tests: Vec<Artifact> =
@@ -238,8 +255,8 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # (libvulkan.so.1) with NVIDIA's ICD. No Rust toolchain.
 #
 # Usage: run.sh RESULTS_DIR [STEP...]   (GPUHAL_STEP_TIMEOUT: seconds a step may take, default 1200)
-# With STEP names (or prefixes: cuda-conformance, vulkan, gpuhal-cuda-test, cuda-bench,
-# cuda-replay, torch-allocators), only those steps run.
+# With STEP names (or prefixes: cuda-conformance, vulkan, gpuhal-cuda-test, examples,
+# cuda-bench, cuda-replay, torch-allocators), only those steps run.
 # Writes one log per step, the conformance reports as JSON and the benchmark JSON there.
 set -uo pipefail
 
@@ -284,6 +301,8 @@ step() {
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
     | tee "$results/gpu.txt"
+# The commit the binaries were built at, for `cargo xtask conformance-page --results`.
+cp "$bundle/MANIFEST" "$results/MANIFEST" 2>/dev/null
 
 step cuda-conformance "$bundle/bin/gpuhal-conformance" --backend cuda --json "$results/cuda-conformance.json"
 
@@ -346,6 +365,14 @@ for test_binary in "$bundle"/bin/gpuhal-cuda-test-*; do
     # Ignored tests are known driver hangs (see the test), kept out of the unattended run.
     step "$(basename "$test_binary")" env GPUHAL_REQUIRE_GPU=1 "$test_binary" --test-threads=1
 done
+
+# The facade's examples, on the GPU (each checks its results; GPUHAL_REQUIRE_GPU=1 makes
+# a missing driver a failure instead of a fallback to the mock).
+if [ -d "$bundle/examples" ]; then
+    step examples env GPUHAL_REQUIRE_GPU=1 bash -c \
+        'status=0; for example in "$0"/examples/*; do echo "--- $(basename "$example")"; "$example" || status=1; done; exit $status' \
+        "$bundle"
+fi
 
 mkdir -p "$results/bench"
 trace_args=()

@@ -55,6 +55,24 @@ pub fn ci() -> Result<()> {
         // Includes the C ABI's C program (compiled by the system `cc`) and, with the
         // library built, the Python package's tests on the mock.
         step("test", || passed(run(&mut cargo(["test", "--workspace"])))),
+        // Every example builds (the CUDA ones too: the driver loads at run time), and the
+        // ones that run on the mock run.
+        step("examples build (--features cuda)", || {
+            passed(run(&mut cargo([
+                "build",
+                "-p",
+                "gpuhal",
+                "--examples",
+                "--features",
+                "cuda",
+            ])))
+        }),
+        step("examples run (mock)", run_mock_examples),
+        step("docs (cargo doc, warnings are errors)", || {
+            let mut command = cargo(["doc", "--workspace", "--all-features", "--no-deps"]);
+            command.env("RUSTDOCFLAGS", "-D warnings");
+            passed(run(&mut command))
+        }),
         step("conformance mock (every profile)", || {
             passed(crate::conformance(&ConformanceArgs {
                 backend: Backend::Mock,
@@ -103,6 +121,17 @@ pub fn ci() -> Result<()> {
         seconds(started.elapsed())
     );
     Ok(())
+}
+
+/// The examples that run on the mock when no GPU is present (each checks its own
+/// results and exits non-zero when they are wrong).
+pub const MOCK_EXAMPLES: [&str; 4] = ["generic", "graph_batches", "managed_policy", "import_mmap"];
+
+fn run_mock_examples() -> Result<Outcome> {
+    for example in MOCK_EXAMPLES {
+        run(&mut cargo(["run", "--quiet", "-p", "gpuhal", "--example", example]))?;
+    }
+    Ok(Outcome::Passed)
 }
 
 fn vulkan_step() -> Result<Outcome> {
