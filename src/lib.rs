@@ -9,6 +9,10 @@
 //! [`mock`], `cuda` and `vulkan`, and [`AnyDevice`] and friends, which choose a backend at
 //! run time.
 //!
+//! How streams, their caches, cross-stream hand-offs (`record_use`), events, fences and
+//! graph pools behave is explained in prose in the repository's `docs/design.md`, knobs
+//! in `docs/tuning.md`; runnable programs to copy are in `examples/`.
+//!
 //! # Framework code, generic over the backend
 //!
 //! Code written against [`Backend`] is monomorphised per backend: no dispatch cost.
