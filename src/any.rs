@@ -12,7 +12,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 use gpuhal_hal::{
     Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, Graph, GraphExec,
-    GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryStats, Result, Stream, StreamId,
+    GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryReport, MemoryStats, Result,
+    Stream, StreamId,
 };
 
 mod sealed {
@@ -119,6 +120,8 @@ pub trait DynDevice {
     fn create_fence(&self, initial: u64) -> Result<AnyFence>;
     /// Allocator statistics.
     fn memory_stats(&self) -> MemoryStats;
+    /// What holds the device's memory, allocation by allocation (see [`MemoryReport`]).
+    fn memory_report(&self) -> MemoryReport;
     /// Event pool counters.
     fn event_stats(&self) -> EventStats;
     /// Host import counters.
@@ -297,6 +300,9 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     }
     fn memory_stats(&self) -> MemoryStats {
         self.0.memory_stats()
+    }
+    fn memory_report(&self) -> MemoryReport {
+        self.0.memory_report()
     }
     fn event_stats(&self) -> EventStats {
         self.0.event_stats()

@@ -27,6 +27,8 @@ pub mod target {
     pub const HANDOFF_HIT_PERCENT: f64 = 95.0;
     /// Hand-off: throughput of the default policy over never releasing.
     pub const HANDOFF_THROUGHPUT: f64 = 0.9;
+    /// The memory report of [`REPORT_LIVE`](crate::suite::REPORT_LIVE) live blocks, ms.
+    pub const REPORT_MS: f64 = 5.0;
 }
 
 /// Adds a check per target to `report`, from its rows. `native` names what the native
@@ -41,6 +43,7 @@ pub fn evaluate(report: &mut Report) {
     graphs(report);
     bandwidth(report);
     trace(report);
+    memory_report(report);
 }
 
 fn times(slow: Option<f64>, fast: f64) -> String {
@@ -385,5 +388,24 @@ fn trace(report: &mut Report) {
         target,
         measured,
         Verdict::from_bool(limited <= target::RESERVED_OVER_LIVE),
+    );
+}
+
+fn memory_report(report: &mut Report) {
+    let target = format!(
+        "memory report of {} live blocks ≤ {} ms",
+        crate::suite::REPORT_LIVE,
+        target::REPORT_MS
+    );
+    let Some(us) = report.median("report.pool.10k") else {
+        report.check("report", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let ms = us / 1e3;
+    report.check(
+        "report",
+        target,
+        format!("{} ms", number(ms)),
+        Verdict::from_bool(ms <= target::REPORT_MS),
     );
 }

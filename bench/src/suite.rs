@@ -23,6 +23,8 @@ pub const CHURN_SIZES: (u64, u64) = (512, 16 << 20);
 pub const CHURN_RECURRING: usize = 64;
 /// Thread counts of the scaling benchmark.
 pub const THREAD_COUNTS: [usize; 3] = [1, 2, 8];
+/// Live buffers in the memory report benchmark.
+pub const REPORT_LIVE: usize = 10_000;
 /// Operations per graph in the graph benchmark.
 pub const GRAPH_OPS: usize = 100;
 /// Bytes each small graph operation touches.
@@ -168,6 +170,7 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
         "ns/pair",
         summary,
     );
+    memory_report_row(settings, report)?;
     for (plan, suffix, words) in churn_plans() {
         let (allocator, cache) = pool_alone();
         let summary = plan.run(settings, settings.iterations(20_000), |size| {
@@ -189,6 +192,47 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
             ),
         );
     }
+    Ok(())
+}
+
+/// The memory report over [`REPORT_LIVE`] live buffers of random sizes (512 B–16 MiB),
+/// some cut from idle blocks, beside idle blocks and pieces: the time to read and build it.
+fn memory_report_row(settings: &Settings, report: &mut Report) -> Result<()> {
+    let (allocator, cache) = pool_alone();
+    let mut rng = SplitMix::new(0x5EED);
+    let (low, high) = CHURN_SIZES;
+    let mut live = Vec::with_capacity(REPORT_LIVE + REPORT_LIVE / 4);
+    for _ in 0..REPORT_LIVE + REPORT_LIVE / 4 {
+        live.push(cache.allocate(rng.log_uniform(low, high), MemoryKind::Device)?);
+    }
+    for _ in 0..REPORT_LIVE / 2 {
+        let index = rng.below(live.len() as u64) as usize;
+        drop(live.swap_remove(index));
+    }
+    // Served from the idle blocks where they fit: cut allocations with live and idle pieces.
+    for _ in 0..REPORT_LIVE / 4 {
+        live.push(cache.allocate(rng.log_uniform(low, high), MemoryKind::Device)?);
+    }
+    let live_count = live.len();
+    let mut pieces = 0;
+    let summary = each_us(settings.warmup_batches(), settings.samples(30), || {
+        let start = Instant::now();
+        let memory = black_box(allocator.report());
+        let elapsed = start.elapsed();
+        pieces = memory.allocations.iter().map(|a| a.pieces.len()).sum::<usize>();
+        Ok::<_, anyhow::Error>(elapsed)
+    })?;
+    report.measured_with_note(
+        "report.pool.10k",
+        "report",
+        &format!("memory report, {live_count} live buffers (pool alone)"),
+        "µs",
+        summary,
+        format!(
+            "{pieces} pieces in {} native allocations",
+            allocator.stats().reserved_count
+        ),
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::pool::{self, Allocator, CachingAllocator, StreamCache};
+use crate::report::MemoryReport;
 use crate::stats::{EventStats, ImportStats, MemoryStats};
 use crate::types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,
@@ -190,6 +191,14 @@ pub trait Device<B: Backend<Device = Self>>: Send + Sync + Sized {
     /// Allocator statistics.
     fn memory_stats(&self) -> MemoryStats {
         self.allocator().stats()
+    }
+
+    /// What holds the device's memory: the allocator's report (every native allocation
+    /// with its pieces, per-stream and per-kind totals, graph pools) with the event pool.
+    fn memory_report(&self) -> MemoryReport {
+        let mut report = self.allocator().report();
+        report.events = Some(self.event_stats());
+        report
     }
 }
 

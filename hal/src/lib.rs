@@ -26,6 +26,7 @@ pub mod event_pool;
 pub mod host_mapping;
 mod hot_lock;
 pub mod pool;
+pub mod report;
 mod spare;
 mod stats;
 pub mod trace;
@@ -36,6 +37,7 @@ pub use backend::{
 };
 pub use error::{check_range, Error, NativeError, Result};
 pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig};
+pub use report::MemoryReport;
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,

@@ -1,12 +1,14 @@
 //! The caching allocator: per-stream caches over a backend's native memory, with limits,
 //! release on out-of-memory, and statistics.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::buffer::{Buffer, Owner};
+use super::graph_pool::GraphPoolInner;
 use super::native::{Allocator, NativeBlock};
 use super::size_class::{rounded_size, MAX_REQUEST};
 use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache};
@@ -107,7 +109,13 @@ pub struct PoolShared<N: Allocator> {
 
 pub(crate) struct GlobalState<N: Allocator> {
     g: GlobalCounters,
-    shards: Vec<Weak<Shard<N>>>,
+    pub(crate) shards: Vec<Weak<Shard<N>>>,
+    /// Every native allocation the stream caches hold, by address, with the stream whose
+    /// cache owns it. Kept on the miss and release paths only (both under this lock), so
+    /// that the memory report can name live blocks, which no free list holds.
+    pub(crate) natives: HashMap<u64, (NativeBlock, StreamId)>,
+    /// The graph pools drawing on this allocator, for the memory report.
+    pub(crate) graph_pools: Vec<Weak<GraphPoolInner<N>>>,
 }
 
 #[derive(Default)]
@@ -166,6 +174,8 @@ impl<N: Allocator> CachingAllocator<N> {
                     ..GlobalCounters::default()
                 },
                 shards: Vec::new(),
+                natives: HashMap::new(),
+                graph_pools: Vec::new(),
             }),
             idle_bytes: AtomicI64::new(0),
             cache_limit: AtomicU64::new(config.cache_limit.unwrap_or(NO_LIMIT)),
@@ -421,6 +431,7 @@ impl<N: Allocator> PoolShared<N> {
         g.reserved_count += 1;
         g.peak_reserved_bytes = g.peak_reserved_bytes.max(g.reserved_bytes);
         g.peak_live_rounded = g.peak_live_rounded.max(live_rounded + rounded);
+        global.natives.insert(block.address, (block, shard.id));
         Ok(block)
     }
 
@@ -556,6 +567,7 @@ impl<N: Allocator> PoolShared<N> {
             }
             global.g.reserved_bytes -= block.size;
             global.g.reserved_count -= 1;
+            global.natives.remove(&block.address);
         }
     }
 
@@ -592,6 +604,18 @@ impl<N: Allocator> PoolShared<N> {
         if freed {
             g.native_frees += 1;
         }
+    }
+
+    /// Lists a new graph pool for the memory report.
+    pub(crate) fn register_graph_pool(&self, pool: Weak<GraphPoolInner<N>>) {
+        let mut global = self.global.lock();
+        global.graph_pools.retain(|w| w.strong_count() > 0);
+        global.graph_pools.push(pool);
+    }
+
+    /// Runs `f` with the global lock held (the memory report's view of every shard).
+    pub(crate) fn with_global<R>(&self, f: impl FnOnce(&GlobalState<N>) -> R) -> R {
+        f(&self.global.lock())
     }
 
     pub(crate) fn note_failed_free(&self) {

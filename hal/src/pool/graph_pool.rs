@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use super::allocator::{CachingAllocator, PoolShared};
 use super::buffer::{Buffer, Owner};
 use super::native::{Allocator, NativeBlock};
+use super::report::GraphPoolView;
 use super::size_class::rounded_size;
 use crate::error::Result;
 use crate::stats::MemoryStats;
@@ -80,12 +81,12 @@ impl<N: Allocator> GraphPool<N> {
     /// A new, empty pool drawing on `allocator`'s native memory (and counted against its
     /// memory limit).
     pub fn new(allocator: &CachingAllocator<N>) -> Self {
-        GraphPool {
-            inner: Arc::new(GraphPoolInner {
-                shared: allocator.shared().clone(),
-                state: Mutex::new(GraphPoolState::default()),
-            }),
-        }
+        let inner = Arc::new(GraphPoolInner {
+            shared: allocator.shared().clone(),
+            state: Mutex::new(GraphPoolState::default()),
+        });
+        allocator.shared().register_graph_pool(Arc::downgrade(&inner));
+        GraphPool { inner }
     }
 
     /// True when both handles name the same pool.
@@ -193,6 +194,21 @@ impl<N: Allocator> GraphPool<N> {
 impl<N: Allocator> GraphPoolInner<N> {
     pub(crate) fn device(&self) -> DeviceId {
         self.shared.native.device()
+    }
+
+    /// The pool's segments and free ranges now, for the memory report.
+    pub(crate) fn view(&self) -> GraphPoolView {
+        let state = self.state.lock();
+        GraphPoolView {
+            segments: state
+                .segments
+                .iter()
+                .map(|s| (s.block, s.free.iter().map(|(&offset, &len)| (offset, len)).collect()))
+                .collect(),
+            live_bytes: state.live_bytes,
+            live_count: state.live_count,
+            peak_live_bytes: state.peak_live_bytes,
+        }
     }
 
     /// Returns a range to its segment, coalescing with free neighbours.

@@ -13,6 +13,7 @@ mod buffer;
 mod counting;
 mod graph_pool;
 mod native;
+mod report;
 pub mod size_class;
 mod split;
 mod stream_cache;

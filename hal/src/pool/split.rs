@@ -345,6 +345,24 @@ impl SplitBlocks {
         }
     }
 
+    /// Every segment (the native allocation) with its pieces in address order, each with
+    /// whether it is idle: the memory report's view.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = (NativeBlock, Vec<(NativeBlock, bool)>)> + '_ {
+        self.pieces
+            .iter()
+            .filter(|p| p.segment != NONE && p.prev == NONE)
+            .map(move |first| {
+                let mut pieces = vec![(first.block, first.idle_at != NONE)];
+                let mut at = first.next;
+                while at != NONE {
+                    let piece = &self.pieces[at as usize];
+                    pieces.push((piece.block, piece.idle_at != NONE));
+                    at = piece.next;
+                }
+                (self.segments[first.segment as usize].whole, pieces)
+            })
+    }
+
     /// Idle pieces (for tests).
     #[cfg(test)]
     fn idle_count(&self) -> usize {

@@ -230,7 +230,9 @@ pub(crate) struct PendingBlock<N: Allocator> {
     /// Its piece id when it is a piece of a cut native allocation (see [`SplitBlocks`]);
     /// [`WHOLE`] otherwise.
     pub(crate) piece: PieceId,
-    pub(crate) markers: Vec<N::Marker>,
+    /// A marker on each other stream that used it, with that stream's id (the memory
+    /// report says which streams a pending block waits on).
+    pub(crate) markers: Vec<(StreamId, N::Marker)>,
     /// The returned buffer's reference to the shard, kept for the free list.
     pub(crate) home: Arc<Shard<N>>,
 }
@@ -522,12 +524,12 @@ impl<N: Allocator> Shard<N> {
     /// A piece goes back into its segment, and the native allocation is freed once the
     /// segment is wholly idle (the waits on the stream order that free after every piece's
     /// uses).
-    fn release_orphaned(&self, block: NativeBlock, piece: PieceId, markers: Option<Vec<N::Marker>>) {
+    fn release_orphaned(&self, block: NativeBlock, piece: PieceId, markers: Option<Vec<(StreamId, N::Marker)>>) {
         let ordered = markers.is_none_or(|markers| {
             !markers.is_empty()
                 && markers
                     .iter()
-                    .all(|m| self.shared.native.wait_marker(&self.stream, m).is_ok())
+                    .all(|(_, m)| self.shared.native.wait_marker(&self.stream, m).is_ok())
         });
         if !ordered {
             self.shared.note_failed_free();
@@ -547,14 +549,14 @@ impl<N: Allocator> Shard<N> {
     /// Records a marker on every other stream that used the block. `None` when no other
     /// stream did. A marker that cannot be recorded leaves the block pending forever
     /// rather than risk handing out memory another stream may still write.
-    fn record_markers(&self, uses: &[Arc<Shard<N>>]) -> Option<Vec<N::Marker>> {
+    fn record_markers(&self, uses: &[Arc<Shard<N>>]) -> Option<Vec<(StreamId, N::Marker)>> {
         if uses.is_empty() {
             return None;
         }
         let mut markers = Vec::with_capacity(uses.len());
         for shard in uses {
             match self.shared.native.record_marker(&shard.stream) {
-                Ok(marker) => markers.push(marker),
+                Ok(marker) => markers.push((shard.id, marker)),
                 Err(_) => {
                     self.shared.note_failed_free();
                     return Some(Vec::new());
@@ -584,7 +586,7 @@ impl<N: Allocator> Shard<N> {
                 && pending
                     .markers
                     .iter()
-                    .all(|m| native.is_marker_complete(m).unwrap_or(false));
+                    .all(|(_, m)| native.is_marker_complete(m).unwrap_or(false));
             if done {
                 let pending = state.pending.swap_remove(index);
                 let whole = if pending.piece != WHOLE {
