@@ -201,9 +201,12 @@ fn run() -> Result<(), Box<dyn Error>> {
 
 fn main() -> ExitCode {
     if !driver_available() {
-        let required = std::env::var("GPUHAL_REQUIRE_GPU").is_ok_and(|value| value == "1");
+        if std::env::var("GPUHAL_REQUIRE_GPU").is_ok_and(|value| value == "1") {
+            eprintln!("cuda_kernel: GPUHAL_REQUIRE_GPU=1, but no NVIDIA driver was found");
+            return ExitCode::FAILURE;
+        }
         println!("cuda_kernel needs an NVIDIA GPU and driver, and found no driver: nothing to run");
-        return if required { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        return ExitCode::SUCCESS;
     }
     match run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,3 +81,9 @@ pub use gpuhal_vulkan as vulkan;
 mod any;
 #[cfg(any(feature = "mock", feature = "cuda", feature = "vulkan"))]
 pub use any::*;
+
+// The README's Rust code compiles against this crate (its C, Python and shell blocks are
+// not Rust and are left alone by rustdoc).
+#[cfg(all(doctest, feature = "mock"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
