@@ -58,6 +58,10 @@ enum Command {
         /// Hold the allocator to this multiple of the trace's peak live (1.02, say).
         #[arg(long)]
         limit: Option<f64>,
+        /// Also draw the trace's timeline (live and reserved memory, live stacked by
+        /// allocation, peaks marked) as SVG to this file.
+        #[arg(long, value_name = "SVG")]
+        timeline: Option<PathBuf>,
     },
     /// Records the synthetic shapes of work (a decode loop with a growing KV cache, a
     /// training loop of varying sequence length) as traces in DIR.
@@ -134,7 +138,11 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
             limit,
+            timeline,
         } => {
+            if let Some(svg) = &timeline {
+                draw_timeline(&trace, limit, svg)?;
+            }
             let mut report = replay(backend, device, &trace, limit)?;
             if let Some(replay) = &report.replay {
                 println!("{replay}");
@@ -154,6 +162,24 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Draws `trace`'s timeline to `svg`, the pool held to `limit` × peak live when given.
+fn draw_timeline(trace: &Path, limit: Option<f64>, svg: &Path) -> Result<()> {
+    let trace = gpuhal_hal::trace::Trace::read(trace)?;
+    let config = gpuhal_hal::PoolConfig {
+        memory_limit: limit.map(|l| (trace.peak_live_bytes() as f64 * l) as u64),
+        ..Default::default()
+    };
+    let timeline = gpuhal_timeline::Timeline::from_trace(&trace, config)?;
+    timeline.write_svg(svg)?;
+    let (live_at, live) = timeline.peak_live();
+    let (reserved_at, reserved) = timeline.peak_reserved();
+    eprintln!(
+        "gpuhal-bench: wrote {} (peak live {live} B after event {live_at}, peak reserved {reserved} B after event {reserved_at})",
+        svg.display()
+    );
+    Ok(())
 }
 
 fn publish(report: &mut Report, out: &Path, name: &str) -> Result<()> {

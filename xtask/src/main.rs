@@ -170,6 +170,10 @@ struct ReplayArgs {
     /// The backend whose allocator replays it.
     #[arg(long, value_enum, default_value = "mock")]
     backend: BenchBackend,
+    /// Also draw the trace's timeline (live and reserved memory, live stacked by
+    /// allocation, peaks marked) as SVG to this file.
+    #[arg(long, value_name = "SVG")]
+    timeline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -323,6 +327,9 @@ fn replay(args: &ReplayArgs) -> Result<()> {
         "replay",
     ]);
     command.arg(&trace).args(["--backend", backend]);
+    if let Some(svg) = &args.timeline {
+        command.arg("--timeline").arg(absolute(svg)?);
+    }
     run(&mut command)
 }
 
