@@ -166,7 +166,10 @@ where
         &scene,
         &zoom_area,
         zoom.clone(),
-        format!("close up: events {} to {} around the peak of live memory", zoom.start, zoom.end),
+        format!(
+            "close up: events {} to {} around the peak of live memory",
+            zoom.start, zoom.end
+        ),
     )?;
 
     // The legend: what the peak is made of, then the lines.
@@ -200,7 +203,14 @@ where
         legend_area
             .draw(&Rectangle::new([(12, y), (34, y + 16)], PALETTE[colour].filled()))
             .map_err(fail)?;
-        text(y, 44, 16, format!("{}   allocation #{}", size(span.size), span.id), LIVE).map_err(fail)?;
+        text(
+            y,
+            44,
+            16,
+            format!("{}   allocation #{}", size(span.size), span.id),
+            LIVE,
+        )
+        .map_err(fail)?;
         let freed = if span.end >= events {
             "never freed".to_string()
         } else {
@@ -228,7 +238,10 @@ where
     ];
     for (colour, width, words) in swatches {
         legend_area
-            .draw(&PathElement::new(vec![(12, y + 8), (34, y + 8)], colour.stroke_width(width)))
+            .draw(&PathElement::new(
+                vec![(12, y + 8), (34, y + 8)],
+                colour.stroke_width(width),
+            ))
             .map_err(fail)?;
         text(y, 44, 16, words, LIVE).map_err(fail)?;
         y += 26;
@@ -237,7 +250,10 @@ where
         y,
         44,
         14,
-        format!("peak {} after event {reserved_at}, {ratio:.3} × peak live", size(peak_reserved)),
+        format!(
+            "peak {} after event {reserved_at}, {ratio:.3} × peak live",
+            size(peak_reserved)
+        ),
         grey,
     )
     .map_err(fail)?;
@@ -335,7 +351,12 @@ where
 
     // The peaks: a dashed line down to the axis, a dot and what it is.
     let marks = [
-        (scene.peak_at, scene.peak_live, LIVE, format!("peak live {}", size(scene.peak_live))),
+        (
+            scene.peak_at,
+            scene.peak_live,
+            LIVE,
+            format!("peak live {}", size(scene.peak_live)),
+        ),
         (
             scene.reserved_at,
             scene.peak_reserved,
