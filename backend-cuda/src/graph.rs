@@ -74,6 +74,7 @@ impl std::fmt::Debug for CudaGraph {
 
 impl gpuhal_hal::Graph<CudaBackend> for CudaGraph {
     fn instantiate(&self) -> Result<CudaGraphExec> {
+        let _span = tracing::debug_span!("graph_instantiate").entered();
         self.ctx.bind()?;
         let exec = raw::graph_instantiate(self.raw).context(|| {
             format!(
@@ -148,6 +149,7 @@ impl gpuhal_hal::GraphExec<CudaBackend> for CudaGraphExec {
     }
 
     fn update(&mut self, graph: &CudaGraph) -> Result<()> {
+        let _span = tracing::debug_span!("graph_update").entered();
         check_device("GraphExec::update", "graph", self.device, graph.device)?;
         self.ctx.bind()?;
         match raw::graph_exec_update(self.raw, graph.raw).context(|| {

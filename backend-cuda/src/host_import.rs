@@ -110,6 +110,7 @@ pub(crate) fn import_host<'a>(
             let _ = device.memory().prefetch(start, len, Location::Device, stream.handle());
         }
         stats.lock().coherent += 1;
+        tracing::info!(len, path = "coherent", "host import");
         return Ok(HostImport::new(
             region(start, MemoryKind::Managed),
             ImportPath::Coherent,
@@ -174,6 +175,7 @@ pub(crate) fn import_host<'a>(
                     match raw::mem_host_get_device_pointer(base) {
                         Ok(mapped) => {
                             stats.lock().registered += 1;
+                            tracing::info!(len, path = "registered", refused = ?tried, "host import");
                             return Ok(HostImport::new(
                                 region(mapped + (start - base), MemoryKind::HostPinned),
                                 ImportPath::Registered,
@@ -194,6 +196,7 @@ pub(crate) fn import_host<'a>(
     }
 
     if policy.allow_copy {
+        tracing::warn!(len, path = "copied", refused = ?tried, "host import copies to the device");
         let buffer = gpuhal_hal::Device::allocate(device, len, MemoryKind::Device, stream)?;
         stream.write(&buffer, 0, host)?;
         let address = buffer.address();
@@ -215,6 +218,7 @@ pub(crate) fn import_host<'a>(
         "copy: not allowed by the policy (ImportPolicy::allow_copy is false; it would duplicate all {len} bytes on the device)"
     ));
     stats.lock().refused += 1;
+    tracing::warn!(len, refused = ?tried, "host import refused");
     Err(Error::ImportRefused {
         len,
         reason: format!("paths tried on device {}: {}", device.ordinal(), tried.join("; ")),

@@ -83,6 +83,7 @@ pub struct MockGraph {
 
 impl gpuhal_hal::Graph<MockBackend> for MockGraph {
     fn instantiate(&self) -> Result<MockGraphExec> {
+        let _span = tracing::debug_span!("graph_instantiate", nodes = self.nodes.len()).entered();
         Ok(MockGraphExec {
             nodes: self.nodes.clone(),
             pool: self.pool.clone(),
@@ -114,6 +115,7 @@ impl gpuhal_hal::GraphExec<MockBackend> for MockGraphExec {
     }
 
     fn update(&mut self, graph: &MockGraph) -> Result<()> {
+        let _span = tracing::debug_span!("graph_update", nodes = graph.nodes.len()).entered();
         if !graph.pool.same_pool(&self.pool) && graph.pool.device() != self.pool.device() {
             return Err(Error::GraphUpdate {
                 reason: "the update was captured on another device".into(),

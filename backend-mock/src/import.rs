@@ -59,6 +59,7 @@ pub(crate) fn import_host<'a>(
             stream.queue().push(Action::Nothing)?;
         }
         state.import_stats.lock().coherent += 1;
+        tracing::info!(len = host.len(), path = "coherent", "host import");
         return Ok(import);
     }
 
@@ -73,6 +74,7 @@ pub(crate) fn import_host<'a>(
     } else {
         let import = zero_copy(state, host, ImportPath::Registered, None);
         state.import_stats.lock().registered += 1;
+        tracing::info!(len = host.len(), path = "registered", refused = ?refusals, "host import");
         return Ok(import);
     }
 
@@ -83,11 +85,13 @@ pub(crate) fn import_host<'a>(
             host.len()
         ));
         state.import_stats.lock().refused += 1;
+        tracing::warn!(len = host.len(), refused = ?refusals, "host import refused");
         return Err(Error::ImportRefused {
             len: host.len() as u64,
             reason: refusals.join("; "),
         });
     }
+    tracing::warn!(len = host.len(), path = "copied", refused = ?refusals, "host import copies to the device");
     let buffer = device.allocate(host.len() as u64, MemoryKind::Device, stream)?;
     stream.write(&buffer, 0, host)?;
     let region = buffer.region();

@@ -145,6 +145,7 @@ impl VulkanGraph {
 
 impl gpuhal_hal::Graph<VulkanBackend> for VulkanGraph {
     fn instantiate(&self) -> Result<VulkanGraphExec> {
+        let _span = tracing::debug_span!("graph_instantiate", ops = self.ops.len()).entered();
         Ok(VulkanGraphExec {
             shared: self.shared.clone(),
             native: ExecNative::record(&self.shared, &self.ops)?,
@@ -253,6 +254,7 @@ impl gpuhal_hal::GraphExec<VulkanBackend> for VulkanGraphExec {
     }
 
     fn update(&mut self, graph: &VulkanGraph) -> Result<()> {
+        let _span = tracing::debug_span!("graph_update", ops = graph.ops.len()).entered();
         gpuhal_hal::check_device("update", "graph", self.shared.id, graph.device())?;
         if graph.ops.len() != self.ops.len() {
             return Err(Error::GraphUpdate {

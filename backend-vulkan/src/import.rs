@@ -69,7 +69,10 @@ pub(crate) fn import_host<'a>(
                     .to_string(),
             ),
             Some(support) => match register(shared, support, host) {
-                Ok((region, undo)) => return Ok(HostImport::new(region, ImportPath::Registered, Box::new(undo))),
+                Ok((region, undo)) => {
+                    tracing::info!(len, path = "registered", refused = ?tried, "host import");
+                    return Ok(HostImport::new(region, ImportPath::Registered, Box::new(undo)));
+                }
                 Err(err) => tried.push(format!("registered: {err}")),
             },
             None => tried.push("registered: the driver does not offer VK_EXT_external_memory_host".to_string()),
@@ -78,11 +81,13 @@ pub(crate) fn import_host<'a>(
         tried.push("registered: not allowed by the policy".to_string());
     }
     if policy.allow_copy {
+        tracing::warn!(len, path = "copied", refused = ?tried, "host import copies to the device");
         let buffer = device.allocate(len, MemoryKind::Device, stream)?;
         stream.write(&buffer, 0, host)?;
         return Ok(HostImport::new(buffer.region(), ImportPath::Copied, Box::new(buffer)));
     }
     tried.push("copied: not allowed by the policy (it would duplicate the data on the device)".to_string());
+    tracing::warn!(len, refused = ?tried, "host import refused");
     Err(Error::ImportRefused {
         len,
         reason: tried.join("; "),

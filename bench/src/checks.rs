@@ -29,6 +29,8 @@ pub mod target {
     pub const HANDOFF_THROUGHPUT: f64 = 0.9;
     /// The memory report of [`REPORT_LIVE`](crate::suite::REPORT_LIVE) live blocks, ms.
     pub const REPORT_MS: f64 = 5.0;
+    /// A cache-hit pair with a filtered tracing subscriber over none, ns.
+    pub const TRACED_HIT_NS: f64 = 2.0;
 }
 
 /// Adds a check per target to `report`, from its rows. `native` names what the native
@@ -44,6 +46,7 @@ pub fn evaluate(report: &mut Report) {
     bandwidth(report);
     trace(report);
     memory_report(report);
+    traced_hit(report);
 }
 
 fn times(slow: Option<f64>, fast: f64) -> String {
@@ -407,5 +410,28 @@ fn memory_report(report: &mut Report) {
         target,
         format!("{} ms", number(ms)),
         Verdict::from_bool(ms <= target::REPORT_MS),
+    );
+}
+
+fn traced_hit(report: &mut Report) {
+    let target = format!(
+        "cache-hit pair with a tracing subscriber installed (gpuhal filtered out) ≤ {} ns over none",
+        target::TRACED_HIT_NS
+    );
+    let Some(difference) = report.median("hit.pool.512.traced_minus_untraced") else {
+        report.check("tracing", target, "not measured".into(), Verdict::NotMeasured);
+        return;
+    };
+    let measured = format!(
+        "{} ns ({} ns with, {} ns without; median of paired batches)",
+        number(difference),
+        report.median("hit.pool.512.traced").map_or("n/a".into(), number),
+        report.median("hit.pool.512.untraced").map_or("n/a".into(), number),
+    );
+    report.check(
+        "tracing",
+        target,
+        measured,
+        Verdict::from_bool(difference <= target::TRACED_HIT_NS),
     );
 }

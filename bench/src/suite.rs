@@ -171,6 +171,7 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
         summary,
     );
     memory_report_row(settings, report)?;
+    traced_hit_rows(settings, report)?;
     for (plan, suffix, words) in churn_plans() {
         let (allocator, cache) = pool_alone();
         let summary = plan.run(settings, settings.iterations(20_000), |size| {
@@ -192,6 +193,70 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
             ),
         );
     }
+    Ok(())
+}
+
+/// The cache-hit pair (512 B, pool alone) with a `tracing` subscriber installed whose
+/// filter turns gpuhal's own targets off, beside the same pair with none installed, batch
+/// by batch in one run (alternating which goes first): the hit path has no tracing call
+/// site, so the difference is noise.
+fn traced_hit_rows(settings: &Settings, report: &mut Report) -> Result<()> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let (_allocator, cache) = pool_alone();
+    drop(cache.allocate(512, MemoryKind::Device)?);
+    let iterations = settings.iterations(200_000);
+    let batch = || -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            black_box(cache.allocate(black_box(512), MemoryKind::Device)?);
+        }
+        Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
+    };
+    let filter = Targets::new()
+        .with_target("gpuhal_hal", LevelFilter::OFF)
+        .with_default(LevelFilter::TRACE);
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let (mut bare, mut traced, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..settings.warmup_batches() + settings.batches() {
+        // Which goes first alternates, so that an order effect cancels out.
+        let (none, with) = if round % 2 == 0 {
+            let none = batch()?;
+            (none, tracing::dispatcher::with_default(&dispatch, batch)?)
+        } else {
+            let with = tracing::dispatcher::with_default(&dispatch, batch)?;
+            (batch()?, with)
+        };
+        if round >= settings.warmup_batches() {
+            bare.push(none);
+            traced.push(with);
+            differences.push(with - none);
+        }
+    }
+    let summary = |values: &[f64]| Summary::of(values).unwrap_or(Summary::single(f64::NAN));
+    report.measured(
+        "hit.pool.512.untraced",
+        "tracing",
+        "caching pool alone, 512 B, no tracing subscriber (paired with the next row)",
+        "ns/pair",
+        summary(&bare),
+    );
+    report.measured(
+        "hit.pool.512.traced",
+        "tracing",
+        "caching pool alone, 512 B, a tracing subscriber installed with gpuhal's targets filtered out",
+        "ns/pair",
+        summary(&traced),
+    );
+    report.measured(
+        "hit.pool.512.traced_minus_untraced",
+        "tracing",
+        "difference of the two rows above, batch by batch",
+        "ns/pair",
+        summary(&differences),
+    );
     Ok(())
 }
 

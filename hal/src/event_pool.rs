@@ -215,7 +215,8 @@ impl<F: NativeEvents> EventPool<F> {
     fn create(&self, timing: bool) -> Result<Homed<F>> {
         let core = &self.owner.core;
         let event = core.factory.create(timing)?;
-        core.created.fetch_add(1, Ordering::Relaxed);
+        let created = core.created.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(timing, created, "event pool grew: a new native event");
         // A second lock, on the miss path only, which created a native event anyway.
         self.lists.idle[usize::from(timing)].lock().acquired += 1;
         Ok(Homed {

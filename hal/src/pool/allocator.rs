@@ -408,15 +408,25 @@ impl<N: Allocator> PoolShared<N> {
             }
         }
 
+        // The miss path's native call: a span (its duration is the call's) with the sizes.
+        let span = tracing::debug_span!("native_allocate", size, requested = len, kind = ?kind).entered();
         let block = match self.native.allocate(size, kind, Some(&shard.stream)) {
             Ok(block) => block,
             Err(err) if err.is_out_of_memory() => {
                 global.g.oom_retries += 1;
-                self.evict(&mut global, u64::MAX);
+                let released = self.evict(&mut global, u64::MAX);
+                tracing::warn!(
+                    size,
+                    kind = ?kind,
+                    released,
+                    reserved = global.g.reserved_bytes,
+                    "out of device memory: released the idle cache, retrying once"
+                );
                 match self.native.allocate(size, kind, Some(&shard.stream)) {
                     Ok(block) => block,
                     Err(err) if err.is_out_of_memory() => {
                         global.g.oom_errors += 1;
+                        tracing::warn!(size, kind = ?kind, "out of device memory after the retry: refused");
                         drop(global);
                         return Err(self.out_of_memory(len, kind, None));
                     }
@@ -425,6 +435,7 @@ impl<N: Allocator> PoolShared<N> {
             }
             Err(err) => return Err(err),
         };
+        drop(span);
         let g = &mut global.g;
         g.native_allocations += 1;
         g.reserved_bytes += block.size;
@@ -448,6 +459,12 @@ impl<N: Allocator> PoolShared<N> {
             return None;
         }
         global.g.oom_errors += 1;
+        tracing::warn!(
+            limit,
+            requested = rounded,
+            reserved = global.g.reserved_bytes,
+            "refused: the request would take reserved memory past the memory limit"
+        );
         Some(limit)
     }
 
@@ -552,6 +569,15 @@ impl<N: Allocator> PoolShared<N> {
             }
         }
         drop(states);
+        if released > 0 {
+            tracing::debug!(
+                wanted = bytes,
+                released,
+                blocks = taken.iter().map(Vec::len).sum::<usize>(),
+                min_age,
+                "releasing idle blocks, least recently returned first"
+            );
+        }
         for (shard, blocks) in shards.iter().zip(&taken) {
             self.free_native(global, blocks, Some(&shard.stream));
         }
@@ -561,6 +587,7 @@ impl<N: Allocator> PoolShared<N> {
 
     fn free_native(&self, global: &mut GlobalState<N>, blocks: &[NativeBlock], stream: Option<&N::Stream>) {
         for block in blocks {
+            let _span = tracing::debug_span!("native_free", size = block.size, kind = ?block.kind).entered();
             match self.native.free(*block, stream) {
                 Ok(()) => global.g.native_frees += 1,
                 Err(_) => self.note_failed_free(),

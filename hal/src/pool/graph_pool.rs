@@ -129,6 +129,7 @@ impl<N: Allocator> GraphPool<N> {
             None => {
                 let rounded = rounded_size(len);
                 inner.shared.graph_reserve(rounded, len, kind)?;
+                let _span = tracing::debug_span!("graph_pool_allocate", size = rounded, kind = ?kind).entered();
                 let segment = match inner.shared.native.allocate(rounded, kind, None) {
                     Ok(segment) => segment,
                     Err(err) => {
