@@ -519,6 +519,24 @@ GpuhalStatus gpuhal_stream_write(GpuhalStream stream, void *dst, const void *hos
 // `host` is valid for writes of `len` bytes.
 GpuhalStatus gpuhal_stream_read(GpuhalStream stream, const void *src, void *host, uint64_t len);
 
+// What holds the device's memory, as JSON: every native allocation with its pieces
+// (live, idle, pending on which streams), per-stream and per-kind totals, the largest
+// idle piece, fragmentation, the graph pools and the event pool. `*out` receives a
+// NUL-terminated string to free with [`gpuhal_string_free`]; `*len` (when `len` is not
+// null) its length without the NUL.
+//
+// # Safety
+//
+// `out` is valid for a write; `len` is null or valid for a write.
+GpuhalStatus gpuhal_memory_report_json(GpuhalDevice device_handle, char **out, size_t *len);
+
+// Frees a string gpuhal returned (a memory report). Null is a no-op.
+//
+// # Safety
+//
+// `text` is null or a string from gpuhal not yet freed.
+void gpuhal_string_free(char *text);
+
 // The message of this thread's last failed call, or null if none failed yet. The text
 // stays valid until the next failing call on this thread.
 const char *gpuhal_last_error_message(void);
@@ -611,6 +629,14 @@ void gpuhal_torch_record_stream(void *ptr, void *stream);
 //
 // `out` is valid for a write.
 GpuhalStatus gpuhal_torch_memory_stats(int device, GpuhalMemoryStats *out);
+
+// The memory report (JSON) of the gpuhal device serving torch device `device`; see
+// [`gpuhal_memory_report_json`](crate::report::gpuhal_memory_report_json).
+//
+// # Safety
+//
+// `out` is valid for a write; `len` is null or valid for a write.
+GpuhalStatus gpuhal_torch_memory_report_json(int device, char **out, size_t *len);
 
 // Errors torch's allocator calls could not report: `malloc_errors` (also returned as
 // NULL) and `free_errors` (frees and record_stream calls that failed, plus those for a

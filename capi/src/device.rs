@@ -213,7 +213,7 @@ fn copy_c_string<const N: usize>(text: &str) -> [c_char; N] {
     out
 }
 
-fn device(function: &str, handle: GpuhalDevice) -> Result<std::sync::Arc<DeviceEntry>, Failure> {
+pub(crate) fn device(function: &str, handle: GpuhalDevice) -> Result<std::sync::Arc<DeviceEntry>, Failure> {
     DEVICES.get(function, handle.id)
 }
 

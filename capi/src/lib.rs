@@ -29,6 +29,7 @@ pub mod graph;
 pub mod handles;
 pub mod import;
 pub mod memory;
+pub mod report;
 pub mod status;
 pub mod stream;
 pub mod torch;

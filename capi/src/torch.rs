@@ -420,6 +420,26 @@ pub unsafe extern "C" fn gpuhal_torch_memory_stats(device: c_int, out: *mut Gpuh
     })
 }
 
+/// The memory report (JSON) of the gpuhal device serving torch device `device`; see
+/// [`gpuhal_memory_report_json`](crate::report::gpuhal_memory_report_json).
+///
+/// # Safety
+///
+/// `out` is valid for a write; `len` is null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn gpuhal_torch_memory_report_json(
+    device: c_int,
+    out: *mut *mut std::ffi::c_char,
+    len: *mut usize,
+) -> GpuhalStatus {
+    const F: &str = "gpuhal_torch_memory_report_json";
+    guard(F, || {
+        let report = torch_device(F, device)?.entry.device.memory_report();
+        // SAFETY: the caller passes `out` and `len` as the contract says.
+        unsafe { crate::report::write_json(F, &report, out, len) }
+    })
+}
+
 /// Errors torch's allocator calls could not report: `malloc_errors` (also returned as
 /// NULL) and `free_errors` (frees and record_stream calls that failed, plus those for a
 /// device index gpuhal never served). Either pointer may be null.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import json
 import os
 import threading
 from pathlib import Path
@@ -181,7 +182,21 @@ _SIGNATURES = {
     "gpuhal_torch_memory_stats": (_status, [_c.c_int, _c.POINTER(GpuhalMemoryStats)]),
     "gpuhal_torch_error_counts": (_status, [_c.c_int, _c.POINTER(_u64), _c.POINTER(_u64)]),
     "gpuhal_torch_device": (_status, [_c.c_int, _c.POINTER(GpuhalDevice)]),
+    "gpuhal_memory_report_json": (_status, [GpuhalDevice, _c.POINTER(_vp), _c.POINTER(_c.c_size_t)]),
+    "gpuhal_torch_memory_report_json": (_status, [_c.c_int, _c.POINTER(_vp), _c.POINTER(_c.c_size_t)]),
+    "gpuhal_string_free": (None, [_vp]),
 }
+
+
+def report_json(name: str, first_argument) -> dict:
+    """Calls a ``gpuhal_*memory_report_json`` function and returns the report, parsed; the
+    library's string is freed here."""
+    text, length = _c.c_void_p(), _c.c_size_t()
+    call(name, first_argument, _c.byref(text), _c.byref(length))
+    try:
+        return json.loads(_c.string_at(text, length.value).decode("utf-8"))
+    finally:
+        lib().gpuhal_string_free(text)
 
 _loaded: Optional[ctypes.CDLL] = None
 _loaded_path: Optional[str] = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 from typing import Optional, Union
 
+from . import _lib
 from ._lib import GpuhalDevice, GpuhalMemoryStats, GpuhalStream, MemoryKind, call
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -65,6 +66,12 @@ class Device:
         stats = GpuhalMemoryStats()
         call("gpuhal_memory_stats", self.handle, ctypes.byref(stats))
         return stats.as_dict()
+
+    def memory_report(self) -> dict:
+        """What holds the device's memory: every native allocation with its pieces (live, idle,
+        pending on which streams), per-stream and per-kind totals, the largest idle piece,
+        fragmentation, the graph pools and the event pool (the JSON of the C ABI, parsed)."""
+        return _lib.report_json("gpuhal_memory_report_json", self.handle)
 
     def set_memory_limit(self, limit_bytes: Optional[int]) -> None:
         """Caps the memory the device may reserve; ``None`` or 0 removes the cap."""

@@ -205,6 +205,13 @@ def raw_stats(device: int = 0) -> dict:
     return counters
 
 
+def memory_report(device: int = 0) -> dict:
+    """What holds the PyTorch allocator's memory on ``device``: every native allocation with
+    its pieces (live, idle, pending on which streams), per-stream and per-kind totals, the
+    largest idle piece, fragmentation, the graph pools and the event pool."""
+    return _lib.report_json("gpuhal_torch_memory_report_json", device)
+
+
 def memory_stats(device: int = 0) -> dict:
     """The PyTorch allocator's counters, keyed like ``torch.cuda.memory_stats()`` where the
     meaning is the same, and every gpuhal counter under ``gpuhal.<name>``.

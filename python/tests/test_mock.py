@@ -112,6 +112,17 @@ class TorchEntryPoints(unittest.TestCase):
         lib.gpuhal_torch_empty_cache()
         self.assertEqual(raw()["cached_bytes"], 0)
 
+    def test_memory_report_names_the_allocation_torch_holds(self):
+        address = gtorch.malloc(3 * MiB)
+        try:
+            report = gtorch.memory_report()
+            holding = [a for a in report["allocations"] if a["address"] <= address < a["address"] + a["size"]]
+            self.assertEqual(len(holding), 1, report)
+            self.assertIn("live", [p["state"] for p in holding[0]["pieces"]])
+            self.assertEqual(report["reserved_bytes"], gtorch.raw_stats()["reserved_bytes"])
+        finally:
+            gtorch.free(address, 3 * MiB)
+
     def test_memory_stats_has_torch_names_and_every_gpuhal_counter(self):
         stats = gtorch.memory_stats()
         torch_names = {
@@ -217,6 +228,10 @@ class GenericApi(unittest.TestCase):
             stream.synchronize()
             self.assertEqual(stream.read(address, 4096), payload[:100] + b"\xab" * 50 + payload[150:])
             self.assertGreaterEqual(device.memory_stats()["live_bytes"], 4096)
+            report = device.memory_report()
+            live = [a for a in report["allocations"] if a["address"] <= address < a["address"] + a["size"]]
+            self.assertEqual([p["state"] for p in live[0]["pieces"]], ["live"], report)
+            self.assertEqual(report["reserved_bytes"], device.memory_stats()["reserved_bytes"])
             device.free(address)
             self.assertEqual(device.memory_stats()["live_bytes"], 0)
 

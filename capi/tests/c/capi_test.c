@@ -48,6 +48,15 @@ static void memory(GpuhalDevice dev, GpuhalStream stream) {
     CHECK(memcmp(back, data, 100) == 0 && back[100] == 0xEE && back[109] == 0xEE && back[110] == data[110]);
     OK(gpuhal_memory_stats(dev, &after));
     CHECK(after.live_bytes == before.live_bytes + (1 << 20));
+    /* The report names the live 1 MiB allocation, as JSON the caller frees. */
+    char *report = NULL;
+    size_t report_len = 0;
+    OK(gpuhal_memory_report_json(dev, &report, &report_len));
+    CHECK(report != NULL && strlen(report) == report_len);
+    CHECK(strstr(report, "\"allocations\"") != NULL && strstr(report, "\"state\":\"live\"") != NULL);
+    CHECK(strstr(report, "\"size\":1048576") != NULL);
+    gpuhal_string_free(report);
+    FAILS(gpuhal_memory_report_json(dev, NULL, NULL), GPUHAL_STATUS_INVALID_ARGUMENT, "out is null");
     OK(gpuhal_free(dev, a));
     /* The same size again is a cache hit, with no native allocation. */
     void *b = NULL;
