@@ -765,6 +765,13 @@ impl AnyDevice {
     /// # Ok::<(), gpuhal::Error>(())
     /// ```
     pub fn open(backend: &str, ordinal: u32) -> Result<AnyDevice> {
+        Self::open_with(backend, ordinal, crate::PoolConfig::default())
+    }
+
+    /// [`open`](Self::open) with `config` for the device's caching allocator, its
+    /// [`segments`](crate::PoolConfig::segments) strategy included (a backend without
+    /// growable segments refuses them with [`Error::Unsupported`]).
+    pub fn open_with(backend: &str, ordinal: u32, config: crate::PoolConfig) -> Result<AnyDevice> {
         let (name, variant) = match backend.split_once(':') {
             Some((name, variant)) => (name, Some(variant)),
             None => (backend, None),
@@ -779,15 +786,31 @@ impl AnyDevice {
                 let config = gpuhal_mock::MockConfig {
                     profile,
                     ordinal,
+                    pool: config,
                     ..Default::default()
                 };
                 gpuhal_mock::MockDevice::open(config).map(|device| AnyDevice::Mock(DeviceOf(device)))
             }
             #[cfg(feature = "cuda")]
-            ("cuda", None) => gpuhal_cuda::CudaDevice::open(ordinal).map(|device| AnyDevice::Cuda(DeviceOf(device))),
+            ("cuda", None) => {
+                gpuhal_cuda::CudaDevice::open_with(ordinal, config).map(|device| AnyDevice::Cuda(DeviceOf(device)))
+            }
             #[cfg(feature = "vulkan")]
             ("vulkan", None) => {
-                gpuhal_vulkan::VulkanDevice::open(ordinal).map(|device| AnyDevice::Vulkan(DeviceOf(device)))
+                if config.segments != crate::SegmentStrategy::Native {
+                    return Err(Error::Unsupported {
+                        operation: "open with growable segments",
+                        needed: crate::Capabilities::GROWABLE_SEGMENTS,
+                    });
+                }
+                let device = gpuhal_vulkan::VulkanDevice::open(ordinal)?;
+                let allocator = gpuhal_hal::Device::allocator(&device);
+                allocator.set_memory_limit(config.memory_limit);
+                allocator.set_cache_limit(config.cache_limit);
+                allocator.set_reserve_slack(config.reserve_slack);
+                allocator.set_reserve_floor(config.reserve_floor);
+                allocator.set_release_after_misses(config.release_after_misses);
+                Ok(AnyDevice::Vulkan(DeviceOf(device)))
             }
             _ => Err(Error::invalid(
                 "AnyDevice::open",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gpuhal_hal::{
     check_device, Advice, AsRegion, CachingAllocator, Capabilities, DeviceId, DeviceInfo, Error, EventStats,
     HostImport, ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, PoolConfig, Region,
-    Result,
+    Result, SegmentStrategy,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -42,6 +42,8 @@ pub struct DeviceAttributes {
     pub can_map_host_memory: bool,
     /// `CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING`.
     pub unified_addressing: bool,
+    /// `CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED`.
+    pub virtual_memory_management: bool,
 }
 
 impl DeviceAttributes {
@@ -77,6 +79,10 @@ impl DeviceAttributes {
             )?,
             can_map_host_memory: get(A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY, "CAN_MAP_HOST_MEMORY")?,
             unified_addressing: get(A::CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, "UNIFIED_ADDRESSING")?,
+            virtual_memory_management: get(
+                A::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                "VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED",
+            )?,
         })
     }
 
@@ -101,6 +107,7 @@ impl DeviceAttributes {
             Capabilities::HOST_PINNED,
             self.can_map_host_memory && self.unified_addressing,
         );
+        set(Capabilities::GROWABLE_SEGMENTS, self.virtual_memory_management);
         set(
             Capabilities::TIMELINE_FENCE,
             self.stream_mem_ops_64 && self.can_map_host_memory,
@@ -140,10 +147,18 @@ impl CudaDevice {
         let id = DeviceId::fresh();
         let events = CudaEventPool::new(CudaEvents::new(ctx.clone()));
         let policy = Arc::new(RwLock::new(ManagedPolicy::default()));
+        if config.segments == SegmentStrategy::Growable && !caps.contains(Capabilities::GROWABLE_SEGMENTS) {
+            return Err(Error::Unsupported {
+                operation: "open with growable segments",
+                needed: Capabilities::GROWABLE_SEGMENTS,
+            });
+        }
         let memory = CudaMemory::new(
             ctx.clone(),
             id,
             attributes.memory_pools,
+            config.segments,
+            total_memory,
             events.clone(),
             policy.clone(),
             caps.contains(Capabilities::MANAGED_ADVICE),
@@ -366,6 +381,9 @@ impl gpuhal_hal::Device<CudaBackend> for CudaDevice {
     }
 
     fn memory_info(&self) -> Result<(u64, u64)> {
+        // Released segment blocks whose streams are done go back first, so the report
+        // shows them free.
+        self.memory().unmap_released(false)?;
         self.ctx.bind()?;
         raw::mem_get_info().context(|| format!("reading free memory of CUDA device {}", self.ordinal()))
     }

@@ -35,6 +35,7 @@ mod host_import;
 mod kernels;
 mod memory;
 mod raw;
+mod segments;
 mod stream;
 
 pub use context::{driver_available, driver_version};

@@ -1,18 +1,22 @@
-//! Native memory under the caching pool: stream-ordered device memory from a dedicated
-//! memory pool, managed memory placed by the device's [`ManagedPolicy`], and mapped
-//! page-locked host memory.
+//! Native memory under the caching pool: device memory from a dedicated stream-ordered
+//! memory pool or from growable virtual-memory segments (see [`SegmentStrategy`]),
+//! managed memory placed by the device's [`ManagedPolicy`], and mapped page-locked host
+//! memory.
 
 use std::sync::Arc;
 
 use gpuhal_hal::event_pool::PooledEvent;
 use gpuhal_hal::pool::{Allocator, NativeBlock};
-use gpuhal_hal::{Advice, DeviceId, Error, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, Result};
+use gpuhal_hal::{
+    Advice, DeviceId, Error, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, Result, SegmentStrategy,
+};
 use parking_lot::{Mutex, RwLock};
 
 use crate::context::Context;
 use crate::error::Context as _;
 use crate::event::{CudaEventPool, CudaEvents};
 use crate::raw::{self, CUdeviceptr, CUmem_advise, CUmem_range_attribute, CUmemoryPool};
+use crate::segments::GrowableSegments;
 use crate::stream::StreamHandle;
 
 /// `NativeBlock::native` of device memory from the stream-ordered pool.
@@ -20,6 +24,8 @@ const FROM_POOL: u64 = 0;
 /// `NativeBlock::native` of device memory from `cuMemAlloc` (graph pools, or devices
 /// without memory pools).
 const FROM_MEM_ALLOC: u64 = 1;
+/// `NativeBlock::native` of device memory mapped in a growable segment.
+const FROM_SEGMENT: u64 = 2;
 
 /// `CU_DEVICE_CPU`, as range attributes report the host.
 const HOST_ID: i32 = -1;
@@ -44,6 +50,8 @@ pub struct CudaMemory {
     ctx: Arc<Context>,
     device: DeviceId,
     pool: Option<MemPool>,
+    /// Where stream-ordered device memory comes from under [`SegmentStrategy::Growable`].
+    segments: Option<GrowableSegments>,
     events: CudaEventPool,
     policy: Arc<RwLock<ManagedPolicy>>,
     managed_advice: bool,
@@ -51,15 +59,22 @@ pub struct CudaMemory {
 }
 
 impl CudaMemory {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: Arc<Context>,
         device: DeviceId,
         stream_ordered: bool,
+        strategy: SegmentStrategy,
+        total_memory: u64,
         events: CudaEventPool,
         policy: Arc<RwLock<ManagedPolicy>>,
         managed_advice: bool,
     ) -> Result<Self> {
-        let pool = if stream_ordered {
+        let segments = match strategy {
+            SegmentStrategy::Native => None,
+            SegmentStrategy::Growable => Some(GrowableSegments::new(ctx.ordinal_i32(), total_memory, events.clone())?),
+        };
+        let pool = if stream_ordered && segments.is_none() {
             let ordinal = ctx.ordinal();
             let pool = raw::mem_pool_create(ctx.ordinal_i32())
                 .context(|| format!("creating the memory pool of CUDA device {ordinal}"))?;
@@ -78,6 +93,7 @@ impl CudaMemory {
             ctx,
             device,
             pool,
+            segments,
             events,
             policy,
             managed_advice,
@@ -88,6 +104,37 @@ impl CudaMemory {
     /// Whether device memory is stream-ordered (`cuMemAllocFromPoolAsync`).
     pub fn is_stream_ordered(&self) -> bool {
         self.pool.is_some()
+    }
+
+    /// Where device memory comes from.
+    pub fn segment_strategy(&self) -> SegmentStrategy {
+        match self.segments {
+            Some(_) => SegmentStrategy::Growable,
+            None => SegmentStrategy::Native,
+        }
+    }
+
+    /// Bytes of physical memory mapped in growable segments now (0 under
+    /// [`SegmentStrategy::Native`]), released blocks not yet unmapped included.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.segments.as_ref().map_or(0, GrowableSegments::mapped_bytes)
+    }
+
+    /// The granularity growable segments map physical memory in, if the device uses them.
+    pub fn mapping_granularity(&self) -> Option<u64> {
+        self.segments.as_ref().map(GrowableSegments::granularity)
+    }
+
+    /// Unmaps the blocks released to growable segments whose streams have passed their
+    /// last use (with `wait`, after waiting for those streams' events; no device-wide
+    /// synchronize). Later native calls do this anyway; call it after
+    /// [`trim`](gpuhal_hal::CachingAllocator::trim) to see the memory free at once.
+    pub fn unmap_released(&self, wait: bool) -> Result<()> {
+        if let Some(segments) = &self.segments {
+            self.ctx.bind()?;
+            segments.unmap_released(wait);
+        }
+        Ok(())
     }
 
     /// The raw memory pool handle, if device memory is stream-ordered.
@@ -239,6 +286,16 @@ impl CudaMemory {
     }
 
     fn allocate_device(&self, size: u64, stream: Option<&StreamHandle>) -> Result<NativeBlock> {
+        if let (Some(segments), Some(_)) = (&self.segments, stream) {
+            let (address, size) = segments.allocate(size)?;
+            return Ok(NativeBlock {
+                address,
+                size,
+                kind: MemoryKind::Device,
+                native: FROM_SEGMENT,
+                native_offset: 0,
+            });
+        }
         let (address, native) = match (&self.pool, stream) {
             (Some(pool), Some(stream)) => {
                 let address = raw::mem_alloc_from_pool_async(size, pool.0, stream.raw()).context(|| {
@@ -357,6 +414,10 @@ impl CudaMemory {
                 let raw_stream = stream.map_or(std::ptr::null_mut(), StreamHandle::raw);
                 raw::mem_free_async(block.address as CUdeviceptr, raw_stream).context(what)
             }
+            MemoryKind::Device if block.native == FROM_SEGMENT => match &self.segments {
+                Some(segments) => segments.release(block.address, stream),
+                None => Err(Error::invalid("free", what())),
+            },
             MemoryKind::Device => raw::mem_free(block.address).context(what),
             MemoryKind::Managed => {
                 if let Some(stream) = stream {
@@ -399,6 +460,13 @@ impl Allocator for CudaMemory {
 
     fn device(&self) -> DeviceId {
         self.device
+    }
+
+    fn native_size(&self, rounded: u64, kind: MemoryKind) -> u64 {
+        match (&self.segments, kind) {
+            (Some(segments), MemoryKind::Device) => rounded.next_multiple_of(segments.granularity()),
+            _ => rounded,
+        }
     }
 
     fn allocate(&self, size: u64, kind: MemoryKind, stream: Option<&StreamHandle>) -> Result<NativeBlock> {
@@ -476,6 +544,7 @@ impl std::fmt::Debug for CudaMemory {
             .field("device", &self.device)
             .field("ordinal", &self.ordinal())
             .field("stream_ordered", &self.is_stream_ordered())
+            .field("segments", &self.segment_strategy())
             .finish()
     }
 }

@@ -177,6 +177,103 @@ pub(crate) fn mem_free_async(dptr: CUdeviceptr, stream: CUstream) -> NativeResul
     check("cuMemFreeAsync", unsafe { sys::cuMemFreeAsync(dptr, stream) })
 }
 
+/// Properties of pinned device memory on device `ordinal`, for the virtual-memory calls.
+fn device_allocation_prop(ordinal: i32) -> sys::CUmemAllocationProp {
+    // SAFETY: an all-zero CUmemAllocationProp is a valid (empty) value of this plain C struct.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.requestedHandleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_NONE;
+    prop.location = sys::CUmemLocation {
+        type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+        id: ordinal,
+    };
+    prop
+}
+
+/// The granularity physical device memory is created and mapped in (`MINIMUM`).
+pub(crate) fn mem_allocation_granularity(ordinal: i32) -> NativeResult<u64> {
+    let prop = device_allocation_prop(ordinal);
+    let mut granularity = 0usize;
+    // SAFETY: `prop` and the out-pointer are live locals.
+    check("cuMemGetAllocationGranularity", unsafe {
+        sys::cuMemGetAllocationGranularity(
+            &mut granularity,
+            &prop,
+            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+        )
+    })?;
+    Ok(granularity as u64)
+}
+
+/// Reserves `size` bytes of device address space (no memory behind it).
+pub(crate) fn mem_address_reserve(size: u64, alignment: u64) -> NativeResult<CUdeviceptr> {
+    let mut dptr: CUdeviceptr = 0;
+    with_relaxed_capture_mode(|| {
+        // SAFETY: the out-pointer is a live local; no fixed address is asked for.
+        check("cuMemAddressReserve", unsafe {
+            sys::cuMemAddressReserve(&mut dptr, size as usize, alignment as usize, 0, 0)
+        })
+    })?;
+    Ok(dptr)
+}
+
+/// Frees an address range from `mem_address_reserve`, once nothing is mapped in it.
+pub(crate) fn mem_address_free(dptr: CUdeviceptr, size: u64) -> NativeResult<()> {
+    // SAFETY: the range was reserved by `mem_address_reserve` and is freed once, by its owner.
+    check("cuMemAddressFree", unsafe {
+        sys::cuMemAddressFree(dptr, size as usize)
+    })
+}
+
+/// Creates `size` bytes of physical device memory on device `ordinal`.
+pub(crate) fn mem_create(size: u64, ordinal: i32) -> NativeResult<u64> {
+    let prop = device_allocation_prop(ordinal);
+    let mut handle: sys::CUmemGenericAllocationHandle = 0;
+    with_relaxed_capture_mode(|| {
+        // SAFETY: `prop` and the out-pointer are live locals.
+        check("cuMemCreate", unsafe {
+            sys::cuMemCreate(&mut handle, size as usize, &prop, 0)
+        })
+    })?;
+    Ok(handle)
+}
+
+/// Releases physical memory from `mem_create` (freed once no mapping uses it).
+pub(crate) fn mem_release(handle: u64) -> NativeResult<()> {
+    // SAFETY: `handle` came from `mem_create` and is released once, by its owner.
+    check("cuMemRelease", unsafe { sys::cuMemRelease(handle) })
+}
+
+/// Maps all of `handle` (`size` bytes) at `dptr`, inside a reserved range, and makes it
+/// readable and writable by device `ordinal`.
+pub(crate) fn mem_map_read_write(dptr: CUdeviceptr, size: u64, handle: u64, ordinal: i32) -> NativeResult<()> {
+    // SAFETY: `dptr..dptr + size` lies in a range this crate reserved and has nothing mapped.
+    with_relaxed_capture_mode(|| check("cuMemMap", unsafe { sys::cuMemMap(dptr, size as usize, 0, handle, 0) }))?;
+    let access = sys::CUmemAccessDesc {
+        location: sys::CUmemLocation {
+            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: ordinal,
+        },
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    };
+    let set = with_relaxed_capture_mode(|| {
+        // SAFETY: `access` is a live local describing one device; the range was just mapped.
+        check("cuMemSetAccess", unsafe {
+            sys::cuMemSetAccess(dptr, size as usize, &access, 1)
+        })
+    });
+    if set.is_err() {
+        let _ = mem_unmap(dptr, size);
+    }
+    set
+}
+
+/// Unmaps `dptr..dptr + size`; the caller has waited for every use of the range.
+pub(crate) fn mem_unmap(dptr: CUdeviceptr, size: u64) -> NativeResult<()> {
+    // SAFETY: the range was mapped by `mem_map_read_write` and no work that uses it is pending.
+    with_relaxed_capture_mode(|| check("cuMemUnmap", unsafe { sys::cuMemUnmap(dptr, size as usize) }))
+}
+
 /// Non-stream-ordered device allocation.
 pub(crate) fn mem_alloc(size: u64) -> NativeResult<CUdeviceptr> {
     let mut dptr: CUdeviceptr = 0;

@@ -890,6 +890,74 @@ fn gpu_adopted_streams_cache_and_are_not_destroyed() {
     assert_eq!(status, sys::CUresult::CUDA_SUCCESS, "cuStreamDestroy");
 }
 
+/// Growable segments: whole granules mapped, data intact across streams, and a released
+/// block unmapped only after its stream has passed its last use (then free again).
+fn gpu_growable_segments_map_and_unmap_in_stream_order() {
+    let config = gpuhal_hal::PoolConfig {
+        segments: gpuhal_hal::SegmentStrategy::Growable,
+        ..Default::default()
+    };
+    let device = CudaDevice::open_with(0, config).expect("opening with growable segments");
+    let memory = device.allocator().native();
+    let granule = memory.mapping_granularity().expect("growable segments in use");
+    eprintln!("mapping granularity {granule} bytes");
+    let stream = device.create_stream().unwrap();
+    let other = device.create_stream().unwrap();
+    let small: Vec<_> = (0..8)
+        .map(|_| device.allocate(64 << 10, MemoryKind::Device, &stream).unwrap())
+        .collect();
+    assert_eq!(
+        device.memory_stats().native_allocations,
+        1,
+        "small buffers share a granule"
+    );
+    assert_eq!(memory.mapped_bytes(), granule);
+    for (i, buffer) in small.iter().enumerate() {
+        stream.fill(buffer, 0, buffer.len(), i as u8 + 1).unwrap();
+    }
+    let copy = device.allocate(64 << 10, MemoryKind::Device, &other).unwrap();
+    let done = device.event(false).unwrap();
+    done.record(&stream).unwrap();
+    other.wait_event(&done).unwrap();
+    other.copy(&small[3], 0, &copy, 0, 64 << 10).unwrap();
+    let mut host = vec![0u8; 64 << 10];
+    other.read(&copy, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&b| b == 4), "data through a segment across streams");
+    drop((small, copy));
+    stream.synchronize().unwrap();
+    other.synchronize().unwrap();
+    device.allocator().trim();
+
+    let size: u64 = 256 << 20;
+    let (free_before, _) = device.memory_info().unwrap();
+    let big = device.allocate(size, MemoryKind::Device, &stream).unwrap();
+    let (free_live, _) = device.memory_info().unwrap();
+    assert!(free_before - free_live >= size, "{size} bytes mapped show as used");
+    for round in 0..400u32 {
+        stream.fill(&big, 0, size, round as u8).unwrap();
+    }
+    let last = device.event(false).unwrap();
+    last.record(&stream).unwrap();
+    drop(big);
+    assert!(device.allocator().trim() >= size);
+    let mapped = memory.mapped_bytes();
+    if !last.is_complete().unwrap() {
+        assert!(
+            mapped >= size,
+            "unmapped while the stream still used it ({mapped} bytes mapped)"
+        );
+    } else {
+        eprintln!("the fills finished before the check; stream order not observed this run");
+    }
+    stream.synchronize().unwrap();
+    let (free_after, _) = device.memory_info().unwrap();
+    assert_eq!(memory.mapped_bytes(), 0, "everything unmapped once the stream is done");
+    assert!(
+        free_after + (8 << 20) >= free_before,
+        "free {free_after} after, {free_before} before"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     if skip_reason().is_some() {
@@ -940,6 +1008,10 @@ fn main() -> std::process::ExitCode {
         gpu_test(
             "gpu_adopted_streams_cache_and_are_not_destroyed",
             gpu_adopted_streams_cache_and_are_not_destroyed,
+        ),
+        gpu_test(
+            "gpu_growable_segments_map_and_unmap_in_stream_order",
+            gpu_growable_segments_map_and_unmap_in_stream_order,
         ),
     ];
     libtest_mimic::run(&args, trials).exit_code()

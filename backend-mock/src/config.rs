@@ -33,6 +33,10 @@ pub struct MockConfig {
     /// operation). Use-after-free, double-free and foreign-handle checks always run,
     /// since they keep the mock itself memory-safe.
     pub check_races: bool,
+    /// The granularity growable segments map device memory in, when `pool.segments` is
+    /// [`SegmentStrategy::Growable`](gpuhal_hal::SegmentStrategy::Growable) (2 MiB, as on
+    /// CUDA devices).
+    pub mapping_granularity: u64,
 }
 
 impl MockConfig {
@@ -50,6 +54,7 @@ impl Default for MockConfig {
             ordinal: 0,
             pool: PoolConfig::default(),
             check_races: true,
+            mapping_granularity: 2 << 20,
         }
     }
 }

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use gpuhal_hal::{
     check_device, Advice, AsRegion, CachingAllocator, Capabilities, DeviceInfo, Error, EventStats, HostImport,
-    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, StreamId,
+    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, SegmentStrategy, StreamId,
 };
+
+use crate::segments::MappingStats;
 
 use crate::checker::HOST;
 use crate::config::MockConfig;
@@ -42,6 +44,14 @@ pub struct MockDevice {
 impl MockDevice {
     /// Opens a mock device configured by `config`.
     pub fn open(config: MockConfig) -> Result<MockDevice> {
+        if config.pool.segments == SegmentStrategy::Growable
+            && !config.profile.capabilities().contains(Capabilities::GROWABLE_SEGMENTS)
+        {
+            return Err(Error::Unsupported {
+                operation: "open with growable segments",
+                needed: Capabilities::GROWABLE_SEGMENTS,
+            });
+        }
         let state = Arc::new(DeviceState::new(&config));
         let allocator = CachingAllocator::with_config(MockMemory { state: state.clone() }, config.pool);
         let info = DeviceInfo {
@@ -71,6 +81,11 @@ impl MockDevice {
     /// [`Error::Injected`].
     pub fn inject_native_failure(&self, nth: u64) {
         self.state.inject_failure(nth);
+    }
+
+    /// What growable segments have mapped, when the device was opened with them.
+    pub fn mapping_stats(&self) -> Option<MappingStats> {
+        self.state.segments.as_ref().map(|s| s.stats())
     }
 
     /// Native allocation calls made so far, failed ones included.

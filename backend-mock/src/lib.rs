@@ -44,6 +44,7 @@ mod memory;
 mod profile;
 mod queue;
 mod raw;
+mod segments;
 mod state;
 mod stream;
 
@@ -55,6 +56,7 @@ pub use graph::{MockGraph, MockGraphExec};
 pub use memory::MockMemory;
 pub use profile::Profile;
 pub use queue::MockQueue;
+pub use segments::MappingStats;
 pub use state::OUT_OF_MEMORY;
 pub use stream::MockStream;
 

@@ -26,6 +26,13 @@ impl Allocator for MockMemory {
         self.state.id
     }
 
+    fn native_size(&self, rounded: u64, kind: MemoryKind) -> u64 {
+        match (&self.state.segments, kind) {
+            (Some(segments), MemoryKind::Device) => rounded.next_multiple_of(segments.granularity()),
+            _ => rounded,
+        }
+    }
+
     fn allocate(&self, size: u64, kind: MemoryKind, stream: Option<&Arc<MockQueue>>) -> Result<NativeBlock> {
         self.state.allocate_native(size, kind, stream.is_none())
     }

@@ -41,14 +41,20 @@ impl Profile {
             | Capabilities::TIMING_EVENTS
             | Capabilities::TIMELINE_FENCE
             | Capabilities::HOST_PINNED;
+        // Growable segments need virtual-memory management, which the minimal device
+        // (a platform with the bare minimum) lacks.
         let managed_and_graphs = Capabilities::MANAGED
             | Capabilities::CONCURRENT_MANAGED
             | Capabilities::MANAGED_ADVICE
             | Capabilities::GRAPHS
             | Capabilities::GRAPH_MEM_NODES;
         match self {
-            Profile::Discrete => common | managed_and_graphs | Capabilities::HOST_REGISTER,
-            Profile::Coherent => common | managed_and_graphs | Capabilities::PAGEABLE_ACCESS,
+            Profile::Discrete => {
+                common | managed_and_graphs | Capabilities::HOST_REGISTER | Capabilities::GROWABLE_SEGMENTS
+            }
+            Profile::Coherent => {
+                common | managed_and_graphs | Capabilities::PAGEABLE_ACCESS | Capabilities::GROWABLE_SEGMENTS
+            }
             Profile::Minimal => common,
         }
     }

@@ -30,6 +30,17 @@ pub(crate) struct NativeAllocation {
     pub(crate) graph_segment: bool,
     /// Advice and prefetch state of managed memory.
     pub(crate) managed: Mutex<ManagedRangeInfo>,
+    /// Set for memory mapped in a growable segment: it is unmapped when the last holder
+    /// (the stream that runs its free, or an operation still using it) lets it go.
+    pub(crate) mapping: Option<std::sync::Arc<crate::segments::MockSegments>>,
+}
+
+impl Drop for NativeAllocation {
+    fn drop(&mut self) {
+        if let Some(segments) = &self.mapping {
+            segments.unmapped(self.size);
+        }
+    }
 }
 
 // SAFETY: the backing is plain bytes owned by this value; its pointer is only dereferenced through `Target`, whose ranges are bounds-checked, and freed once in Drop.
@@ -57,6 +68,7 @@ impl NativeAllocation {
                 advice: gpuhal_hal::Advice::empty(),
                 last_prefetch: None,
             }),
+            mapping: None,
         })
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use gpuhal_hal::event_pool::EventPool;
 use gpuhal_hal::pool::NativeBlock;
-use gpuhal_hal::{Capabilities, DeviceId, Error, ImportStats, ManagedPolicy, MemoryKind, NativeError, Result};
+use gpuhal_hal::{
+    Capabilities, DeviceId, Error, ImportStats, ManagedPolicy, MemoryKind, NativeError, Result, SegmentStrategy,
+};
 use parking_lot::Mutex;
 
 use crate::checker::{Checker, HOST};
@@ -19,6 +21,7 @@ use crate::lifetimes::Lifetimes;
 use crate::profile::Profile;
 use crate::queue::{Action, MockQueue};
 use crate::raw::NativeAllocation;
+use crate::segments::MockSegments;
 
 /// The symbolic name of the mock's out-of-memory native error.
 pub const OUT_OF_MEMORY: &str = "MOCK_ERROR_OUT_OF_MEMORY";
@@ -44,6 +47,8 @@ pub(crate) struct DeviceState {
     pub(crate) managed_policy: Mutex<ManagedPolicy>,
     pub(crate) import_stats: Mutex<ImportStats>,
     streams: Mutex<Vec<Weak<MockQueue>>>,
+    /// Set when the device was opened with growable segments.
+    pub(crate) segments: Option<Arc<MockSegments>>,
 }
 
 impl DeviceState {
@@ -66,6 +71,8 @@ impl DeviceState {
             managed_policy: Mutex::new(ManagedPolicy::default()),
             import_stats: Mutex::new(ImportStats::default()),
             streams: Mutex::new(Vec::new()),
+            segments: (config.pool.segments == SegmentStrategy::Growable)
+                .then(|| Arc::new(MockSegments::new(config.mapping_granularity))),
         }
     }
 
@@ -104,6 +111,14 @@ impl DeviceState {
         if size == 0 {
             return Err(Error::invalid("native allocate", "zero-size native allocation"));
         }
+        let segments = self
+            .segments
+            .as_ref()
+            .filter(|_| kind == MemoryKind::Device && !graph_segment);
+        if let Some(segments) = segments {
+            // Checked before anything is counted: a request the driver would refuse.
+            segments.check(size)?;
+        }
         let call = self.native_allocations.fetch_add(1, Ordering::Relaxed) + 1;
         {
             let mut fail_at = self.fail_at.lock();
@@ -121,7 +136,7 @@ impl DeviceState {
             self.reserve(size, kind, oversubscribe)?;
         }
         let id = self.next_native_id.fetch_add(1, Ordering::Relaxed);
-        let Some(allocation) = NativeAllocation::new(id, size, kind, graph_segment) else {
+        let Some(mut allocation) = NativeAllocation::new(id, size, kind, graph_segment) else {
             if counted {
                 self.used.fetch_sub(size, Ordering::Relaxed);
             }
@@ -130,6 +145,10 @@ impl DeviceState {
                 format!("the host could not provide {size} bytes for the mock device"),
             ));
         };
+        if let Some(segments) = segments {
+            segments.map(size);
+            allocation.mapping = Some(segments.clone());
+        }
         if kind == MemoryKind::Managed {
             let mut managed = allocation.managed.lock();
             if self.capabilities.contains(Capabilities::MANAGED_ADVICE) {

@@ -62,6 +62,9 @@ enum Command {
         /// allocation, peaks marked) as SVG to this file.
         #[arg(long, value_name = "SVG")]
         timeline: Option<PathBuf>,
+        /// Where device memory comes from: `native` (the backend's pool) or `growable`.
+        #[arg(long, default_value = "native", value_parser = parse_segments)]
+        segments: gpuhal_hal::SegmentStrategy,
     },
     /// Records the synthetic shapes of work (a decode loop with a growing KV cache, a
     /// training loop of varying sequence length) as traces in DIR.
@@ -139,19 +142,21 @@ fn run(cli: Cli) -> Result<()> {
             device,
             limit,
             timeline,
+            segments,
         } => {
             if let Some(svg) = &timeline {
                 draw_timeline(&trace, limit, svg)?;
             }
-            let mut report = replay(backend, device, &trace, limit)?;
+            let mut report = replay(backend, device, &trace, limit, segments)?;
             if let Some(replay) = &report.replay {
                 println!("{replay}");
                 println!("{}", serde_json::to_string(replay)?);
             }
             let name = format!(
-                "replay-{}-{}",
+                "replay-{}-{}-{}",
                 report.replay.as_ref().map_or("trace", |r| r.trace.as_str()),
-                backend.name()
+                backend.name(),
+                segments.name()
             );
             let json = report.write(&out.unwrap_or_else(default_out), &name)?;
             eprintln!("gpuhal-bench: wrote {}", json.display());
@@ -243,12 +248,32 @@ fn not_built(backend: BackendName) -> anyhow::Error {
 }
 
 #[allow(unused_variables)]
-fn replay(backend: BackendName, ordinal: u32, trace: &Path, limit: Option<f64>) -> Result<Report> {
+fn parse_segments(text: &str) -> std::result::Result<gpuhal_hal::SegmentStrategy, String> {
+    gpuhal_hal::SegmentStrategy::parse(text).ok_or_else(|| format!("expected native or growable, got {text:?}"))
+}
+
+#[allow(unused_variables)]
+fn replay(
+    backend: BackendName,
+    ordinal: u32,
+    trace: &Path,
+    limit: Option<f64>,
+    segments: gpuhal_hal::SegmentStrategy,
+) -> Result<Report> {
+    let pool = gpuhal_hal::PoolConfig {
+        segments,
+        ..Default::default()
+    };
     match backend {
         BackendName::Mock => {
             #[cfg(feature = "mock")]
             {
-                let device = gpuhal_bench::mock::open(gpuhal_mock::Profile::Discrete)?;
+                let device = gpuhal_mock::MockDevice::open(gpuhal_mock::MockConfig {
+                    profile: gpuhal_mock::Profile::Discrete,
+                    pool,
+                    check_races: false,
+                    ..Default::default()
+                })?;
                 gpuhal_bench::run_replay::<gpuhal_mock::MockBackend>(&device, trace, limit)
             }
             #[cfg(not(feature = "mock"))]
@@ -257,7 +282,7 @@ fn replay(backend: BackendName, ordinal: u32, trace: &Path, limit: Option<f64>) 
         BackendName::Cuda => {
             #[cfg(feature = "cuda")]
             {
-                let device = gpuhal_bench::cuda::open(ordinal)?;
+                let device = gpuhal_cuda::CudaDevice::open_with(ordinal, pool)?;
                 gpuhal_bench::run_replay::<gpuhal_cuda::CudaBackend>(&device, trace, limit)
             }
             #[cfg(not(feature = "cuda"))]

@@ -41,6 +41,10 @@
 // Capability bit: placement advice on managed memory.
 #define GPUHAL_CAP_MANAGED_ADVICE (1 << 10)
 
+// Capability bit: device memory can come from growable virtual-memory segments
+// (`GPUHAL_SEGMENTS=growable` for the torch allocator).
+#define GPUHAL_CAP_GROWABLE_SEGMENTS (1 << 11)
+
 // `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.
 #define GPUHAL_ADVICE_PREFER_DEVICE (1 << 0)
 

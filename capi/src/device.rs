@@ -23,7 +23,12 @@ pub static DEVICES: Table<DeviceEntry> = Table::new("device");
 impl DeviceEntry {
     /// Opens `backend`'s device `ordinal` and registers it; returns its handle id.
     pub fn open(function: &str, backend: &str, ordinal: u32) -> Result<u64, Failure> {
-        let device = AnyDevice::open(backend, ordinal).in_function(function)?;
+        Self::open_with(function, backend, ordinal, gpuhal::PoolConfig::default())
+    }
+
+    /// [`open`](Self::open) with `config` for the device's caching allocator.
+    pub fn open_with(function: &str, backend: &str, ordinal: u32, config: gpuhal::PoolConfig) -> Result<u64, Failure> {
+        let device = AnyDevice::open_with(backend, ordinal, config).in_function(function)?;
         Ok(DEVICES.insert(DeviceEntry {
             device,
             allocations: Allocations::default(),

@@ -56,6 +56,9 @@ pub const GPUHAL_CAP_TIMELINE_FENCE: u32 = 1 << 8;
 pub const GPUHAL_CAP_HOST_PINNED: u32 = 1 << 9;
 /// Capability bit: placement advice on managed memory.
 pub const GPUHAL_CAP_MANAGED_ADVICE: u32 = 1 << 10;
+/// Capability bit: device memory can come from growable virtual-memory segments
+/// (`GPUHAL_SEGMENTS=growable` for the torch allocator).
+pub const GPUHAL_CAP_GROWABLE_SEGMENTS: u32 = 1 << 11;
 
 /// `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.
 pub const GPUHAL_ADVICE_PREFER_DEVICE: u32 = 1 << 0;
@@ -85,8 +88,9 @@ const _: () = {
     assert!(GPUHAL_CAP_TIMELINE_FENCE == Capabilities::TIMELINE_FENCE.bits());
     assert!(GPUHAL_CAP_HOST_PINNED == Capabilities::HOST_PINNED.bits());
     assert!(GPUHAL_CAP_MANAGED_ADVICE == Capabilities::MANAGED_ADVICE.bits());
+    assert!(GPUHAL_CAP_GROWABLE_SEGMENTS == Capabilities::GROWABLE_SEGMENTS.bits());
     assert!(
-        Capabilities::all().bits() == (1 << 11) - 1,
+        Capabilities::all().bits() == (1 << 12) - 1,
         "a capability was added: give it a GPUHAL_CAP_ constant"
     );
     assert!(GPUHAL_ADVICE_PREFER_DEVICE == Advice::PREFER_DEVICE.bits());

@@ -12,6 +12,9 @@
 //!   idle block).
 //! - `GPUHAL_RESERVE_FLOOR`: bytes of idle cache kept above peak live (same suffixes as the
 //!   limit; the allocator's default when unset).
+//! - `GPUHAL_SEGMENTS`: `native` (default: the backend's stream-ordered pool) or
+//!   `growable` (virtual-memory segments gpuhal maps itself, so device memory follows what
+//!   gpuhal reserves; see `gpuhal::SegmentStrategy`).
 //!
 //! torch's free path cannot report an error: a failed free is counted (see
 //! [`gpuhal_torch_error_counts`]) and logged once to stderr, never aborts.
@@ -47,6 +50,8 @@ pub struct TorchConfig {
     pub reserve_slack: Option<f64>,
     /// The allocator's reserve floor, when set.
     pub reserve_floor: Option<u64>,
+    /// Where device memory comes from.
+    pub segments: gpuhal::SegmentStrategy,
 }
 
 impl TorchConfig {
@@ -69,6 +74,11 @@ impl TorchConfig {
             }
             _ => None,
         };
+        let segments = match var("GPUHAL_SEGMENTS") {
+            Some(text) if !text.trim().is_empty() => gpuhal::SegmentStrategy::parse(&text)
+                .ok_or_else(|| format!("GPUHAL_SEGMENTS={text:?}: expected `native` or `growable`"))?,
+            _ => gpuhal::SegmentStrategy::Native,
+        };
         let reserve_slack = match var("GPUHAL_RESERVE_SLACK") {
             Some(text) if !text.trim().is_empty() => {
                 let slack: f64 = text
@@ -90,6 +100,7 @@ impl TorchConfig {
             memory_limit,
             reserve_slack,
             reserve_floor,
+            segments,
         })
     }
 }
@@ -170,7 +181,11 @@ fn torch_device(function: &str, device: c_int) -> Result<&'static TorchDevice, F
 fn open(config: &TorchConfig, index: usize) -> Result<TorchDevice, Failure> {
     const F: &str = "gpuhal torch allocator";
     let ordinal = u32::try_from(index).map_err(|_| Failure::invalid(F, "device index"))?;
-    let device_id = DeviceEntry::open(F, &config.backend, ordinal)?;
+    let pool = gpuhal::PoolConfig {
+        segments: config.segments,
+        ..gpuhal::PoolConfig::default()
+    };
+    let device_id = DeviceEntry::open_with(F, &config.backend, ordinal, pool)?;
     let entry = DEVICES.get(F, device_id)?;
     entry.device.set_memory_limit(config.memory_limit);
     if let Some(slack) = config.reserve_slack {
@@ -518,8 +533,10 @@ mod tests {
             ("GPUHAL_MEMORY_LIMIT", "2GiB"),
             ("GPUHAL_RESERVE_SLACK", "inf"),
             ("GPUHAL_RESERVE_FLOOR", "0"),
+            ("GPUHAL_SEGMENTS", "growable"),
         ]))
         .unwrap();
+        assert_eq!(config.segments, gpuhal::SegmentStrategy::Growable);
         assert_eq!(config.backend, "cuda");
         assert_eq!(config.kind, MemoryKind::Managed);
         assert_eq!(config.memory_limit, Some(2 << 30));
@@ -528,5 +545,7 @@ mod tests {
         let bad = TorchConfig::from_vars(vars(&[("GPUHAL_MEMORY_KIND", "pinned")])).unwrap_err();
         assert!(bad.contains("GPUHAL_MEMORY_KIND") && bad.contains("pinned"), "{bad}");
         assert!(TorchConfig::from_vars(vars(&[("GPUHAL_RESERVE_SLACK", "-1")])).is_err());
+        let bad = TorchConfig::from_vars(vars(&[("GPUHAL_SEGMENTS", "huge")])).unwrap_err();
+        assert!(bad.contains("GPUHAL_SEGMENTS"), "{bad}");
     }
 }

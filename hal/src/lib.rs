@@ -36,7 +36,7 @@ pub use backend::{
     check_device, Backend, Buffer, Device, DeviceInfo, Event, Fence, Graph, GraphExec, GraphPool, HostImport, Stream,
 };
 pub use error::{check_range, Error, NativeError, Result};
-pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig};
+pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig, SegmentStrategy};
 pub use report::MemoryReport;
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{

@@ -59,6 +59,9 @@ bitflags::bitflags! {
         const HOST_PINNED = 1 << 9;
         /// Managed memory accepts placement advice and prefetch.
         const MANAGED_ADVICE = 1 << 10;
+        /// Device memory can come from growable virtual-memory segments
+        /// ([`SegmentStrategy::Growable`](crate::pool::SegmentStrategy::Growable)).
+        const GROWABLE_SEGMENTS = 1 << 11;
     }
 }
 

@@ -51,6 +51,9 @@ ALLOCATORS = {
     "gpuhal-managed": (None, "managed"),
     # The reserve floor off: idle blocks released down to 1% over peak live, the least memory.
     "gpuhal-device-nofloor": (None, "device"),
+    # Growable virtual-memory segments (GPUHAL_SEGMENTS=growable): device memory is what gpuhal maps.
+    "gpuhal-device-growable": (None, "device"),
+    "gpuhal-device-growable-nofloor": (None, "device"),
 }
 
 FULL = {
@@ -372,10 +375,12 @@ def child_environment(name: str, lib: str | None, cpu: bool) -> dict:
         env["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
     if lib is not None:
         env["GPUHAL_LIBRARY"] = str(Path(lib).resolve())
-    for variable in ("GPUHAL_BACKEND", "GPUHAL_MEMORY_KIND", "GPUHAL_RESERVE_FLOOR"):
+    for variable in ("GPUHAL_BACKEND", "GPUHAL_MEMORY_KIND", "GPUHAL_RESERVE_FLOOR", "GPUHAL_SEGMENTS"):
         env.pop(variable, None)  # the child's enable() decides these
-    if name.endswith("-nofloor"):
+    if "-nofloor" in name:
         env["GPUHAL_RESERVE_FLOOR"] = "0"
+    if "-growable" in name:
+        env["GPUHAL_SEGMENTS"] = "growable"  # virtual-memory segments gpuhal maps itself
     env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # deterministic cuBLAS, for comparable losses
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"

@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! gpuhal-conformance [--backend mock|cuda|vulkan] [--profile discrete|coherent|minimal|all]
-//!                    [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]
+//!                    [--segments native|growable] [--ordinal N] [--filter SUBSTRING] [--list]
+//!                    [--json PATH]
+//!
+//! `--segments growable` opens every device with growable virtual-memory segments, so the
+//! whole suite runs over them (mock profiles without the capability are left out).
 //! ```
 //!
 //! Exit status: 0 when every selected case passed or was skipped, 1 when any failed, 2 on
@@ -13,12 +17,13 @@ use std::process::ExitCode;
 use gpuhal_conformance::{cases, hal::Backend, Report, SuiteOptions};
 
 const USAGE: &str = "usage: gpuhal-conformance [--backend mock|cuda|vulkan] \
-[--profile discrete|coherent|minimal|all] [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]";
+[--profile discrete|coherent|minimal|all] [--segments native|growable] [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]";
 
 #[derive(Debug)]
 struct Args {
     backend: String,
     profile: String,
+    segments: gpuhal_conformance::hal::SegmentStrategy,
     ordinal: u32,
     filter: Option<String>,
     list: bool,
@@ -29,6 +34,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     let mut parsed = Args {
         backend: "mock".to_string(),
         profile: "all".to_string(),
+        segments: gpuhal_conformance::hal::SegmentStrategy::Native,
         ordinal: 0,
         filter: None,
         list: false,
@@ -51,6 +57,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--profile" => {
                 parsed.profile = value("--profile")?;
                 profile_given = true;
+            }
+            "--segments" => {
+                let text = value("--segments")?;
+                parsed.segments = gpuhal_conformance::hal::SegmentStrategy::parse(&text)
+                    .ok_or_else(|| format!("--segments expects native or growable, got {text:?}"))?;
             }
             "--ordinal" => {
                 let text = value("--ordinal")?;
@@ -168,13 +179,25 @@ fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
         })?]
     };
     let ordinal = args.ordinal;
+    let segments = args.segments;
+    let pool = gpuhal_conformance::hal::PoolConfig {
+        segments,
+        ..Default::default()
+    };
     let reports = profiles
         .into_iter()
+        .filter(|profile| {
+            segments == gpuhal_conformance::hal::SegmentStrategy::Native
+                || profile
+                    .capabilities()
+                    .contains(gpuhal_conformance::hal::Capabilities::GROWABLE_SEGMENTS)
+        })
         .map(|profile| {
             let open = move || {
                 MockDevice::open(MockConfig {
                     profile,
                     ordinal,
+                    pool,
                     ..MockConfig::default()
                 })
             };
@@ -197,7 +220,12 @@ fn run_cuda(args: &Args, options: &SuiteOptions) -> Outcome {
         return Ok(None);
     }
     let ordinal = args.ordinal;
-    let report = gpuhal_conformance::run_suite_with::<CudaBackend, _>(move || CudaDevice::open(ordinal), options);
+    let config = gpuhal_conformance::hal::PoolConfig {
+        segments: args.segments,
+        ..Default::default()
+    };
+    let report =
+        gpuhal_conformance::run_suite_with::<CudaBackend, _>(move || CudaDevice::open_with(ordinal, config), options);
     Ok(Some(vec![report]))
 }
 
@@ -212,6 +240,9 @@ fn run_vulkan(args: &Args, options: &SuiteOptions) -> Outcome {
     if args.list {
         list::<VulkanBackend>(options.filter.as_deref());
         return Ok(None);
+    }
+    if args.segments != gpuhal_conformance::hal::SegmentStrategy::Native {
+        return Err("the Vulkan backend has no growable segments".to_string());
     }
     let ordinal = args.ordinal;
     let report = gpuhal_conformance::run_suite_with::<VulkanBackend, _>(move || VulkanDevice::open(ordinal), options);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gpuhal_hal::pool::{Allocator, CachingAllocator, NativeBlock};
-use gpuhal_hal::{Backend, Capabilities, Device, DeviceId, MemoryKind, Result, Stream, StreamId};
+use gpuhal_hal::{Backend, Capabilities, Device, DeviceId, MemoryKind, Result, SegmentStrategy, Stream, StreamId};
 
 use super::{ensure_bytes, pattern, read_back, KIB, MIB};
 use crate::case::{Area, Case, Context, Failure, ResultExt};
@@ -12,12 +12,129 @@ use crate::{ensure, ensure_eq};
 
 pub(crate) fn cases<B: Backend>() -> Vec<Case<B>> {
     let area = Area::Memory;
-    vec![Case::new(
-        "user_allocator_under_the_cache",
-        area,
-        Capabilities::empty(),
-        user_allocator_under_the_cache::<B>,
-    )]
+    let growable = Capabilities::GROWABLE_SEGMENTS;
+    vec![
+        Case::new(
+            "user_allocator_under_the_cache",
+            area,
+            Capabilities::empty(),
+            user_allocator_under_the_cache::<B>,
+        ),
+        Case::new(
+            "growable_segments_map_whole_granules",
+            area,
+            growable,
+            growable_segments_map_whole_granules::<B>,
+        ),
+        Case::new(
+            "growable_segments_trim_returns_device_memory",
+            area,
+            growable,
+            growable_segments_trim_returns_memory::<B>,
+        ),
+    ]
+}
+
+/// The mapping granularity of a device opened with growable segments; a skip otherwise.
+fn granularity<B: Backend>(ctx: &Context<B>) -> Result<u64, Failure> {
+    let allocator = ctx.device().allocator();
+    if allocator.config().segments != SegmentStrategy::Growable {
+        return Err(Failure::skip(
+            "the device was opened with native segments (run the suite with --segments growable)",
+        ));
+    }
+    let granularity = allocator.native().native_size(1, MemoryKind::Device);
+    ensure!(
+        granularity > 1,
+        "growable segments map device memory in granules, yet a 1-byte request asks the native API for {granularity} bytes"
+    );
+    Ok(granularity)
+}
+
+/// Small requests share a granule, a request that is no multiple of the granule leaves
+/// the rest of its last one to the next request, and every byte of each is usable.
+fn growable_segments_map_whole_granules<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let granule = granularity(ctx)?;
+    let device = ctx.device();
+    let stream = ctx.stream()?;
+    let before = device.memory_stats();
+    let count = (granule / (64 * KIB)).clamp(1, 16);
+    let small: Vec<_> = (0..count)
+        .map(|_| device.allocate(64 * KIB, MemoryKind::Device, &stream))
+        .collect::<gpuhal_hal::Result<_>>()
+        .during("allocating small buffers")?;
+    let after = device.memory_stats();
+    ensure_eq!(
+        after.native_allocations - before.native_allocations,
+        1,
+        "native allocations for {count} × 64 KiB under a {granule}-byte granule"
+    );
+    let odd = granule + 4 * KIB;
+    let large = device
+        .allocate(odd, MemoryKind::Device, &stream)
+        .during("allocating a granule and a bit")?;
+    let tail = device
+        .allocate(granule / 2, MemoryKind::Device, &stream)
+        .during("allocating half a granule")?;
+    let stats = device.memory_stats();
+    ensure!(
+        stats.reserved_bytes.is_multiple_of(granule),
+        "{} bytes reserved is no whole number of {granule}-byte granules",
+        stats.reserved_bytes
+    );
+    ensure_eq!(
+        stats.native_allocations - before.native_allocations,
+        2,
+        "native allocations (the half granule comes from the rest of the odd request's last granule)"
+    );
+    for (index, buffer) in small.iter().chain([&large, &tail]).enumerate() {
+        let data = pattern(buffer.len() as usize, index as u8);
+        stream.write(buffer, 0, &data).during("writing")?;
+    }
+    for (index, buffer) in small.iter().chain([&large, &tail]).enumerate() {
+        let data = pattern(buffer.len() as usize, index as u8);
+        let read = read_back::<B>(&stream, buffer, 0, data.len())?;
+        ensure_bytes(&read, &data, &format!("buffer {index} read back"))?;
+    }
+    Ok(())
+}
+
+/// What trim releases from growable segments is unmapped and shows as free device
+/// memory once the stream has passed its last use.
+fn growable_segments_trim_returns_memory<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let granule = granularity(ctx)?;
+    let device = ctx.device();
+    let stream = ctx.stream()?;
+    let size = 32 * MIB + 4 * KIB;
+    let (free_before, _) = device.memory_info().during("reading memory info")?;
+    if free_before < 16 * size {
+        return Err(Failure::skip(format!("only {free_before} bytes of device memory free")));
+    }
+    let buffers: Vec<_> = (0..3)
+        .map(|_| device.allocate(size, MemoryKind::Device, &stream))
+        .collect::<gpuhal_hal::Result<_>>()
+        .during("allocating")?;
+    for buffer in &buffers {
+        stream.fill(buffer, 0, size, 5).during("filling")?;
+    }
+    let (free_live, _) = device.memory_info().during("reading memory info")?;
+    let held = 3 * size.next_multiple_of(granule);
+    ensure!(
+        free_before.saturating_sub(free_live) >= held,
+        "free memory fell by {} bytes with {held} bytes mapped",
+        free_before.saturating_sub(free_live)
+    );
+    drop(buffers);
+    let released = device.allocator().trim();
+    ensure_eq!(released, held, "bytes trim released");
+    stream.synchronize().during("synchronizing after trim")?;
+    let (free_after, _) = device.memory_info().during("reading memory info")?;
+    // Allow a granule or two for what the driver itself allocates meanwhile.
+    ensure!(
+        free_after + 2 * granule >= free_before,
+        "free memory {free_after} after trim is below the {free_before} bytes free before the allocations"
+    );
+    Ok(())
 }
 
 /// What a framework writes: the device's native memory, counted.

@@ -1,6 +1,6 @@
 //! The caching allocator over device and pinned memory.
 
-use gpuhal_hal::{Backend, Capabilities, Device, Error, Event, Fence, MemoryKind, Stream};
+use gpuhal_hal::{Allocator, Backend, Capabilities, Device, Error, Event, Fence, MemoryKind, Stream};
 
 use super::{ensure_bytes, pattern, read_back, OpenOnDrop, KIB, MIB};
 use crate::case::{Area, Case, Context, Failure, ResultExt};
@@ -608,12 +608,19 @@ fn memory_limit<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let device = ctx.device();
     let stream = ctx.stream()?;
     let before = device.memory_stats();
-    let limit = before.reserved_bytes + MIB;
+    // The smallest native allocation the limit must leave room for: 1 MiB, or a whole
+    // granule of a source that allocates in chunks (growable segments).
+    let unit = device
+        .allocator()
+        .native()
+        .native_size(256 * KIB, MemoryKind::Device)
+        .max(MIB);
+    let limit = before.reserved_bytes + unit;
     device.allocator().set_memory_limit(Some(limit));
     let err = expect_error!(
-        device.allocate(2 * MIB, MemoryKind::Device, &stream),
+        device.allocate(2 * unit, MemoryKind::Device, &stream),
         Error::OutOfMemory { .. },
-        "allocating 2 MiB under a 1 MiB limit"
+        "allocating twice the limit's headroom"
     );
     if let Error::OutOfMemory {
         requested,
@@ -623,7 +630,7 @@ fn memory_limit<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     } = err
     {
         ensure_eq!(reported, Some(limit), "limit in the error");
-        ensure_eq!(requested, 2 * MIB, "requested bytes in the error");
+        ensure_eq!(requested, 2 * unit, "requested bytes in the error");
         ensure_eq!(kind, MemoryKind::Device, "kind in the error");
     }
     let after = device.memory_stats();

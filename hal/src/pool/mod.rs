@@ -18,7 +18,7 @@ pub mod size_class;
 mod split;
 mod stream_cache;
 
-pub use allocator::{CachingAllocator, PoolConfig, PoolShared, DEFAULT_RESERVE_FLOOR};
+pub use allocator::{CachingAllocator, PoolConfig, PoolShared, SegmentStrategy, DEFAULT_RESERVE_FLOOR};
 pub use buffer::Buffer;
 pub use counting::{CountingMarker, CountingMemory, CountingStream};
 pub use graph_pool::GraphPool;

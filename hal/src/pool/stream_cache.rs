@@ -363,8 +363,12 @@ impl<N: Allocator> Shard<N> {
             _ => state.free.smallest_from(class + NEAR_FIT_STEPS + 1, kind),
         };
         let c = &mut state.counters;
-        let whole = whole.filter(|&(_, size)| may_serve(size, rounded));
-        let piece = piece.filter(|fit| may_serve(fit.size, rounded));
+        // A block no larger than what the native API would be asked for anyway (a source
+        // that allocates in chunks) always serves: refusing it would only make another.
+        let native = self.shared.native.native_size(rounded, kind);
+        let serves = |size: u64| size <= native || may_serve(size, rounded);
+        let whole = whole.filter(|&(_, size)| serves(size));
+        let piece = piece.filter(|fit| serves(fit.size));
         let (block, id, home) = match (whole, piece) {
             // Best fit: the smaller of the two candidates (a piece when they tie, so that
             // whole blocks stay whole).
