@@ -29,6 +29,7 @@ pub mod pool;
 pub mod report;
 mod spare;
 mod stats;
+pub mod torch_snapshot;
 pub mod trace;
 mod types;
 

@@ -88,9 +88,18 @@ impl Trace {
         peak
     }
 
-    /// Reads a `.jsonl` or `.jsonl.gz` trace.
+    /// Reads a `.jsonl` or `.jsonl.gz` trace, or a PyTorch memory snapshot (`.pickle`,
+    /// `.pkl`: device 0's actions, see [`torch_snapshot`](crate::torch_snapshot)).
     pub fn read(path: &Path) -> Result<Trace> {
         let context = |what: &str| format!("{what} {}", path.display());
+        if path.extension().is_some_and(|e| e == "pickle" || e == "pkl") {
+            let bytes = std::fs::read(path).map_err(|source| Error::Trace {
+                context: context("reading"),
+                source,
+            })?;
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("snapshot");
+            return crate::torch_snapshot::parse(&bytes, name, 0);
+        }
         let file = File::open(path).map_err(|source| Error::Trace {
             context: context("opening"),
             source,
