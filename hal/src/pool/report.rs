@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 use super::allocator::CachingAllocator;
 use super::native::{Allocator, NativeBlock};
 use super::split::WHOLE;
-use super::stream_cache::FreeLists;
+use super::stream_cache::{FreeLists, Shard};
 use crate::report::{
     GraphPoolReport, KindTotals, MemoryReport, NativeAllocation, Owner, Piece, PieceState, StreamTotals,
 };
@@ -50,53 +50,55 @@ impl<N: Allocator> CachingAllocator<N> {
     /// What holds this allocator's memory now: every native allocation with its pieces,
     /// per-stream and per-kind totals and the graph pools (see [`crate::report`]).
     ///
-    /// Holds the allocator's global lock (as a native allocation does) and each stream
-    /// cache's lock in turn while it copies that cache; the cache-hit path is untouched.
+    /// Holds the allocator's global lock only to copy the list of native allocations and
+    /// to collect the stream caches and graph pools, then each stream cache's lock in turn
+    /// while it copies that cache, so allocations on other streams go on meanwhile; the
+    /// cache-hit path is untouched. Under concurrent allocation the parts are copied at
+    /// slightly different moments; every figure is exact when nothing is in flight.
     pub fn report(&self) -> MemoryReport {
         let stats = self.stats();
         let (natives, shards, pools) = self.shared().with_global(|global| {
             let natives: Vec<(NativeBlock, StreamId)> = global.natives.values().copied().collect();
-            let shards: Vec<ShardView> = global
-                .shards
-                .iter()
-                .filter_map(Weak::upgrade)
-                .map(|shard| {
-                    let state = shard.state.lock();
-                    let c = &state.counters;
-                    ShardView {
-                        stream: shard.id,
-                        orphaned: state.orphaned,
-                        live_bytes: c.live_bytes,
-                        live_count: c.live_count,
-                        hits: c.hits,
-                        misses: c.misses,
-                        idle_whole: state
-                            .free
-                            .lists()
-                            .flat_map(|(slot, list)| {
-                                let kind = FreeLists::<N>::kind_of(slot);
-                                list.iter().map(move |cached| cached.block(kind).address)
-                            })
-                            .collect(),
-                        pending: state
-                            .pending
-                            .iter()
-                            .map(|p| {
-                                let streams = p.markers.iter().map(|(id, _)| id.0).collect();
-                                (p.block.address, p.piece != WHOLE, streams)
-                            })
-                            .collect(),
-                        segments: state
-                            .split
-                            .segments()
-                            .map(|(whole, pieces)| (whole.address, pieces))
-                            .collect(),
-                    }
-                })
-                .collect();
+            let shards: Vec<Arc<Shard<N>>> = global.shards.iter().filter_map(Weak::upgrade).collect();
             let pools: Vec<Arc<_>> = global.graph_pools.iter().filter_map(Weak::upgrade).collect();
             (natives, shards, pools)
         });
+        let shards: Vec<ShardView> = shards
+            .iter()
+            .map(|shard| {
+                let state = shard.state.lock();
+                let c = &state.counters;
+                ShardView {
+                    stream: shard.id,
+                    orphaned: state.orphaned,
+                    live_bytes: c.live_bytes,
+                    live_count: c.live_count,
+                    hits: c.hits,
+                    misses: c.misses,
+                    idle_whole: state
+                        .free
+                        .lists()
+                        .flat_map(|(slot, list)| {
+                            let kind = FreeLists::<N>::kind_of(slot);
+                            list.iter().map(move |cached| cached.block(kind).address)
+                        })
+                        .collect(),
+                    pending: state
+                        .pending
+                        .iter()
+                        .map(|p| {
+                            let streams = p.markers.iter().map(|(id, _)| id.0).collect();
+                            (p.block.address, p.piece != WHOLE, streams)
+                        })
+                        .collect(),
+                    segments: state
+                        .split
+                        .segments()
+                        .map(|(whole, pieces)| (whole.address, pieces))
+                        .collect(),
+                }
+            })
+            .collect();
         // Graph pools take the global lock under their own (to reserve), so they are read
         // after it is released.
         let pools: Vec<GraphPoolView> = pools.iter().map(|pool| pool.view()).collect();
