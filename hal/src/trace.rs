@@ -269,6 +269,9 @@ pub struct ReplayReport {
     pub hit_rate: f64,
     /// Wall time per event, in nanoseconds.
     pub ns_per_event: f64,
+    /// What the allocator that recorded the trace reserved at its peak, when the trace
+    /// says (`torch_peak_reserved` in its header: PyTorch's traces and snapshots).
+    pub recorded_peak_reserved_bytes: Option<u64>,
 }
 
 impl std::fmt::Display for ReplayReport {
@@ -285,7 +288,15 @@ impl std::fmt::Display for ReplayReport {
             self.native_allocations,
             self.hit_rate * 100.0,
             self.ns_per_event
-        )
+        )?;
+        if let Some(recorded) = self.recorded_peak_reserved_bytes {
+            write!(
+                f,
+                "; the recording allocator reserved {recorded} B at its peak ({:.4} x peak live)",
+                recorded as f64 / self.peak_live_bytes.max(1) as f64
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -336,5 +347,6 @@ pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<Re
             hits as f64 / (hits + misses) as f64
         },
         ns_per_event: elapsed.as_nanos() as f64 / trace.events.len().max(1) as f64,
+        recorded_peak_reserved_bytes: trace.header.get("torch_peak_reserved").and_then(|v| v.as_u64()),
     })
 }
