@@ -122,6 +122,11 @@ pub trait DynDevice {
     fn memory_stats(&self) -> MemoryStats;
     /// What holds the device's memory, allocation by allocation (see [`MemoryReport`]).
     fn memory_report(&self) -> MemoryReport;
+    /// Records every allocation and free from now on into `recorder` (the trace format of
+    /// `gpuhal_hal::trace`), replacing a recording already running.
+    fn start_trace(&self, recorder: gpuhal_hal::trace::TraceRecorder);
+    /// Stops recording and returns the recorder, flushed (`None` if none was running).
+    fn stop_trace(&self) -> Option<gpuhal_hal::trace::TraceRecorder>;
     /// Event pool counters.
     fn event_stats(&self) -> EventStats;
     /// Host import counters.
@@ -303,6 +308,12 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     }
     fn memory_report(&self) -> MemoryReport {
         self.0.memory_report()
+    }
+    fn start_trace(&self, recorder: gpuhal_hal::trace::TraceRecorder) {
+        self.0.allocator().start_trace(recorder)
+    }
+    fn stop_trace(&self) -> Option<gpuhal_hal::trace::TraceRecorder> {
+        self.0.allocator().stop_trace()
     }
     fn event_stats(&self) -> EventStats {
         self.0.event_stats()

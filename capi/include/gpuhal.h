@@ -659,6 +659,24 @@ GpuhalStatus gpuhal_torch_error_counts(int device, uint64_t *malloc_errors, uint
 // `out` is valid for a write.
 GpuhalStatus gpuhal_torch_device(int device, GpuhalDevice *out);
 
+// Starts recording `device`'s allocations and frees into the file at `path` (`.jsonl`,
+// or `.jsonl.gz` to compress), replacing a recording already running (which is stopped
+// and flushed first).
+//
+// # Safety
+//
+// `path` is a NUL-terminated UTF-8 string.
+GpuhalStatus gpuhal_trace_start(GpuhalDevice device, const char *path);
+
+// Stops the recording `gpuhal_trace_start` began and finishes the file; `*events` (when
+// not null) receives how many events it holds. No recording running is
+// `GPUHAL_STATUS_INVALID_ARGUMENT`.
+//
+// # Safety
+//
+// `events` is null or valid for a write.
+GpuhalStatus gpuhal_trace_stop(GpuhalDevice device, uint64_t *events);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

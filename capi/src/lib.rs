@@ -33,6 +33,7 @@ pub mod report;
 pub mod status;
 pub mod stream;
 pub mod torch;
+pub mod trace;
 
 /// `GpuhalDeviceInfo::capabilities` bit: managed (unified) memory.
 pub const GPUHAL_CAP_MANAGED: u32 = 1 << 0;

@@ -109,6 +109,8 @@ impl GpuhalStatus {
                 GpuhalStatus::Capture
             }
             Error::ImportRefused { .. } => GpuhalStatus::ImportRefused,
+            // A trace file that cannot be created or read: the path the caller gave.
+            Error::Trace { .. } => GpuhalStatus::InvalidArgument,
             _ => GpuhalStatus::Internal,
         }
     }

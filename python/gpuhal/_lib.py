@@ -182,6 +182,8 @@ _SIGNATURES = {
     "gpuhal_torch_memory_stats": (_status, [_c.c_int, _c.POINTER(GpuhalMemoryStats)]),
     "gpuhal_torch_error_counts": (_status, [_c.c_int, _c.POINTER(_u64), _c.POINTER(_u64)]),
     "gpuhal_torch_device": (_status, [_c.c_int, _c.POINTER(GpuhalDevice)]),
+    "gpuhal_trace_start": (_status, [GpuhalDevice, _c.c_char_p]),
+    "gpuhal_trace_stop": (_status, [GpuhalDevice, _c.POINTER(_u64)]),
     "gpuhal_memory_report_json": (_status, [GpuhalDevice, _c.POINTER(_vp), _c.POINTER(_c.c_size_t)]),
     "gpuhal_torch_memory_report_json": (_status, [_c.c_int, _c.POINTER(_vp), _c.POINTER(_c.c_size_t)]),
     "gpuhal_string_free": (None, [_vp]),

@@ -15,6 +15,7 @@ bad setting or a missing driver is reported by ``enable`` rather than as a NULL 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
@@ -203,6 +204,24 @@ def raw_stats(device: int = 0) -> dict:
     counters["malloc_errors"] = malloc_errors.value
     counters["free_errors"] = free_errors.value
     return counters
+
+
+@contextlib.contextmanager
+def record_trace(path: str, device: int = 0):
+    """Records every allocation and free the PyTorch allocator makes on ``device`` inside the
+    ``with`` block into ``path`` (``.jsonl`` or ``.jsonl.gz``), the trace format that
+    ``cargo xtask replay PATH --timeline out.svg`` draws. Yields a dict whose ``"events"`` is
+    filled in when the block ends."""
+    handle = GpuhalDevice()
+    call("gpuhal_torch_device", device, ctypes.byref(handle))
+    call("gpuhal_trace_start", handle, os.fsencode(path))
+    result = {"path": path, "events": None}
+    try:
+        yield result
+    finally:
+        events = ctypes.c_uint64()
+        call("gpuhal_trace_stop", handle, ctypes.byref(events))
+        result["events"] = events.value
 
 
 def memory_report(device: int = 0) -> dict:

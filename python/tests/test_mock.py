@@ -123,6 +123,21 @@ class TorchEntryPoints(unittest.TestCase):
         finally:
             gtorch.free(address, 3 * MiB)
 
+    def test_record_trace_writes_what_the_allocator_did(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "run.jsonl")
+            with gtorch.record_trace(path) as recording:
+                address = gtorch.malloc(MiB, 0, 0x81)
+                gtorch.free(address, MiB, 0, 0x81)
+            self.assertEqual(recording["events"], 2)
+            with open(path) as trace:
+                lines = trace.read().splitlines()
+            self.assertEqual(len(lines), 3, lines)
+            self.assertIn('"alloc"', lines[1])
+            self.assertIn('"free"', lines[2])
+
     def test_memory_stats_has_torch_names_and_every_gpuhal_counter(self):
         stats = gtorch.memory_stats()
         torch_names = {

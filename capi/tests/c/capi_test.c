@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gpuhal.h"
 
@@ -205,6 +206,33 @@ static void host_import(GpuhalDevice dev, GpuhalStream stream) {
     CHECK(stats.coherent == 1 && stats.copied == 0);
 }
 
+static void trace_recording(GpuhalDevice dev, GpuhalStream stream) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/gpuhal-capi-trace-%ld.jsonl", (long)getpid());
+    OK(gpuhal_trace_start(dev, path));
+    void *a = NULL, *b = NULL;
+    OK(gpuhal_malloc(dev, 4096, GPUHAL_MEMORY_DEVICE, stream, &a));
+    OK(gpuhal_malloc(dev, 8192, GPUHAL_MEMORY_DEVICE, stream, &b));
+    OK(gpuhal_free(dev, a));
+    OK(gpuhal_free(dev, b));
+    uint64_t events = 0;
+    OK(gpuhal_trace_stop(dev, &events));
+    CHECK(events == 4);
+    FAILS(gpuhal_trace_stop(dev, &events), GPUHAL_STATUS_INVALID_ARGUMENT, "not recording");
+    /* The file is the trace format: a header line, then one line per event. */
+    FILE *file = fopen(path, "r");
+    CHECK(file != NULL);
+    if (file) {
+        int lines = 0;
+        char line[512];
+        while (fgets(line, sizeof line, file)) lines++;
+        fclose(file);
+        CHECK(lines == 5);
+    }
+    remove(path);
+    FAILS(gpuhal_trace_start(dev, "/nonexistent-dir/trace.jsonl"), GPUHAL_STATUS_INVALID_ARGUMENT, "nonexistent-dir");
+}
+
 static void bad_input(GpuhalDevice dev, GpuhalDevice other, GpuhalStream stream) {
     GpuhalDevice nothing = {0};
     GpuhalStream no_stream = {0};
@@ -280,6 +308,7 @@ int main(void) {
     events_and_fences(dev, s1, s2);
     graphs(dev, s1);
     host_import(dev, s1);
+    trace_recording(dev, s1);
     bad_input(dev, other, s1);
 
     OK(gpuhal_stream_destroy(s1));
