@@ -63,7 +63,7 @@ mod mock {
     use gpuhal_mock::Profile;
 
     pub fn hit(c: &mut Criterion) {
-        let device = gpuhal_bench::mock::open(Profile::Discrete).expect("the mock device opens");
+        let device = gpuhal_bench::mock::open(Profile::Discrete, false).expect("the mock device opens");
         let stream = device.create_stream().expect("the mock creates streams");
         let mut group = c.benchmark_group("mock/hit");
         for (size, _, words) in HIT_SIZES {
@@ -76,7 +76,7 @@ mod mock {
     }
 
     pub fn churn(c: &mut Criterion) {
-        let device = gpuhal_bench::mock::open(Profile::Discrete).expect("the mock device opens");
+        let device = gpuhal_bench::mock::open(Profile::Discrete, false).expect("the mock device opens");
         let stream = device.create_stream().expect("the mock creates streams");
         churn_loop(c, "mock/churn", |size| {
             device

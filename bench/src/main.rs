@@ -43,6 +43,10 @@ enum Command {
         /// Platform the mock imitates.
         #[arg(long, value_enum, default_value_t = MockProfile::Discrete)]
         profile: MockProfile,
+        /// Mock only: run with the race checker on, to measure what it costs (compare with a
+        /// run without, on the same build).
+        #[arg(long)]
+        check_races: bool,
     },
     /// Replays an allocation trace (.jsonl or .jsonl.gz) through the caching allocator.
     Replay {
@@ -129,10 +133,16 @@ fn run(cli: Cli) -> Result<()> {
             device,
             only,
             profile,
+            check_races,
         } => {
             let settings = Settings { smoke, only };
-            let mut report = suite(backend, &settings, device, profile, trace.as_deref())?;
-            let name = format!("suite-{}{}", backend.name(), if smoke { "-smoke" } else { "" });
+            let mut report = suite(backend, &settings, device, profile, check_races, trace.as_deref())?;
+            let name = format!(
+                "suite-{}{}{}",
+                backend.name(),
+                if check_races { "-checked" } else { "" },
+                if smoke { "-smoke" } else { "" }
+            );
             publish(&mut report, &out.unwrap_or_else(default_out), &name)
         }
         Command::Replay {
@@ -200,6 +210,7 @@ fn suite(
     settings: &Settings,
     ordinal: u32,
     profile: MockProfile,
+    check_races: bool,
     trace: Option<&Path>,
 ) -> Result<Report> {
     match backend {
@@ -209,7 +220,7 @@ fn suite(
                 use gpuhal_bench::mock;
                 let profile = mock_profile(profile);
                 gpuhal_bench::run_suite::<gpuhal_mock::MockBackend>(
-                    &|| mock::open(profile),
+                    &|| mock::open(profile, check_races),
                     &mock::NoBaselines,
                     settings,
                     &mock::OPTIONS,
@@ -220,6 +231,9 @@ fn suite(
             Err(not_built(backend))
         }
         BackendName::Cuda => {
+            if check_races {
+                anyhow::bail!("--check-races applies to the mock, the only backend with a race checker");
+            }
             #[cfg(feature = "cuda")]
             {
                 use gpuhal_bench::cuda;

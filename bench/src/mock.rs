@@ -18,11 +18,12 @@ pub const OPTIONS: SuiteOptions = SuiteOptions {
 };
 
 /// Opens a mock device imitating `profile`. The race checker (vector clocks on every
-/// operation) is off: it is a debugging aid, and its cost would swamp what is measured.
-pub fn open(profile: Profile) -> Result<MockDevice> {
+/// operation) is off unless `check_races`: it is a debugging aid whose cost would swamp
+/// what is measured, and with it on the suite measures that cost instead.
+pub fn open(profile: Profile, check_races: bool) -> Result<MockDevice> {
     MockDevice::open(MockConfig {
         profile,
-        check_races: false,
+        check_races,
         ..Default::default()
     })
     .with_context(|| format!("opening a mock device ({profile:?})"))
