@@ -25,10 +25,14 @@ use crate::clock::VectorClock;
 use crate::fence::FenceState;
 pub(crate) use crate::lifetimes::Use;
 use crate::lifetimes::{describe, Access, Ending, HandOut, Life, Lifetimes, Shard};
+use crate::machine::ExportRecord;
 use crate::raw::{ImportedHost, Target};
 
 /// `Region::native` of host imports carries this bit (native allocation ids never do).
 pub(crate) const IMPORT_TAG: u64 = 1 << 63;
+
+/// `Region::native` of imported shared memory carries this bit.
+pub(crate) const SHARED_TAG: u64 = 1 << 62;
 
 /// The host's index in vector clocks.
 pub(crate) const HOST: usize = 0;
@@ -80,6 +84,8 @@ pub(crate) struct Checker {
     check_races: bool,
     lifetimes: Arc<Lifetimes>,
     imports: HashMap<u64, Arc<ImportedHost>>,
+    /// Live imports of shared memory, by token: the exported hand-out each names.
+    shared: HashMap<u64, ExportRecord>,
     clocks: Vec<VectorClock>,
 }
 
@@ -89,6 +95,7 @@ impl Checker {
             check_races,
             lifetimes,
             imports: HashMap::new(),
+            shared: HashMap::new(),
             clocks: vec![VectorClock::default()],
         }
     }
@@ -105,6 +112,53 @@ impl Checker {
 
     pub(crate) fn import_removed(&mut self, token: u64) -> Option<Arc<ImportedHost>> {
         self.imports.remove(&token)
+    }
+
+    // ----- imports of shared memory -----
+
+    pub(crate) fn shared_import_added(&mut self, token: u64, record: ExportRecord) {
+        self.shared.insert(token, record);
+    }
+
+    pub(crate) fn shared_import_removed(&mut self, token: u64) {
+        self.shared.remove(&token);
+    }
+
+    /// Resolves a range of an import of shared memory to the exported buffer it names,
+    /// which must still be the live hand-out that was exported: the exporter keeps it
+    /// alive, not the import.
+    fn resolve_shared(&self, operation: &'static str, region: &Region, mode: Mode) -> Result<Resolved> {
+        let Some(record) = self.shared.get(&region.native).copied() else {
+            return Err(Error::UseAfterFree {
+                operation,
+                address: region.address,
+                allocation: region.native & !SHARED_TAG,
+                freed_by: "the drop of its SharedImport".into(),
+            });
+        };
+        let shard = self.lifetimes.lock(record.shard);
+        let exported = shard
+            .handouts
+            .get(&record.key)
+            .filter(|h| h.serial == record.serial && matches!(h.life, Life::Live));
+        let Some(handout) = exported else {
+            return Err(Error::UseAfterFree {
+                operation,
+                address: region.address,
+                allocation: record.serial,
+                freed_by: format!(
+                    "device {}, which exported it and released its buffer while this import on device {} was \
+                     live (the exporter must keep the buffer until every importer has dropped its import)",
+                    record.exporter, region.device
+                ),
+            });
+        };
+        let range = Region {
+            device: record.exporter,
+            native: handout.native,
+            ..*region
+        };
+        Self::resolve_in(operation, record.shard, record.key, handout, &range, mode)
     }
 
     // ----- resolving ranges -----
@@ -127,6 +181,9 @@ impl Checker {
         }
         let address = region.address;
         let len = region.len;
+        if region.native & SHARED_TAG != 0 && region.native & IMPORT_TAG == 0 {
+            return self.resolve_shared(operation, region, mode);
+        }
         if region.native & IMPORT_TAG != 0 {
             let Some(import) = self.imports.get(&region.native).cloned() else {
                 return Err(Error::UseAfterFree {
@@ -209,6 +266,16 @@ impl Checker {
             (Life::Returned(why), _) => return Err(freed(handout, why.describe())),
             (Life::Live, None) => return Err(freed(handout, "a native free of its memory".into())),
         };
+        if allocation.device != region.device {
+            // Devices of one machine share the lifetimes: a region made by hand that
+            // names one device but points into another's memory is refused here.
+            return Err(Error::ForeignHandle {
+                operation,
+                what: "memory",
+                expected: region.device.0,
+                found: allocation.device.0,
+            });
+        }
         let live = matches!(handout.life, Life::Live);
         let target = Target::native(allocation.clone(), address - allocation.address(), len).ok_or_else(|| {
             Error::invalid(

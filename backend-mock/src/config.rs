@@ -37,6 +37,9 @@ pub struct MockConfig {
     /// [`SegmentStrategy::Growable`](gpuhal_hal::SegmentStrategy::Growable) (2 MiB, as on
     /// CUDA devices).
     pub mapping_granularity: u64,
+    /// Serve device allocations from an exportable pool, so buffers can be exported
+    /// ([`Device::export`](gpuhal_hal::Device::export)).
+    pub sharing: bool,
 }
 
 impl MockConfig {
@@ -55,6 +58,7 @@ impl Default for MockConfig {
             pool: PoolConfig::default(),
             check_races: true,
             mapping_granularity: 2 << 20,
+            sharing: false,
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use gpuhal_hal::{
-    check_device, Advice, AsRegion, CachingAllocator, Capabilities, DeviceInfo, Error, EventStats, HostImport,
-    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, SegmentStrategy, StreamId,
+    check_device, Advice, AsRegion, Buffer, CachingAllocator, Capabilities, DeviceInfo, Error, EventStats, HostImport,
+    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, SegmentStrategy, SharedEvent, SharedImport, SharedMemory, StreamId,
 };
 
 use crate::segments::MappingStats;
@@ -13,6 +13,7 @@ use crate::checker::HOST;
 use crate::config::MockConfig;
 use crate::event::MockEvent;
 use crate::fence::MockFence;
+use crate::machine::Machine;
 use crate::memory::MockMemory;
 use crate::profile::Profile;
 use crate::queue::MockQueue;
@@ -42,8 +43,47 @@ pub struct MockDevice {
 }
 
 impl MockDevice {
-    /// Opens a mock device configured by `config`.
+    /// Opens a mock device configured by `config`, alone on its mock machine.
     pub fn open(config: MockConfig) -> Result<MockDevice> {
+        let machine = Arc::new(Machine::new(config.check_races));
+        Self::open_on(config, machine, false)
+    }
+
+    /// Opens several mock devices together, as the GPUs of one machine in one process:
+    /// they can be given access to each other's memory
+    /// ([`enable_peer_access`](gpuhal_hal::Device::enable_peer_access); every profile but
+    /// `minimal` can), import each other's exports, and wait on each other's events. One
+    /// checker watches them all, so an unsynchronised use of a buffer by streams of two
+    /// devices is a [`Error::Race`] as it is for two streams of one device. Races are
+    /// checked if the first configuration asks for it.
+    ///
+    /// ```
+    /// use gpuhal_hal::{Device, Error, MemoryKind, Stream};
+    /// use gpuhal_mock::{MockConfig, MockDevice};
+    ///
+    /// let devices = MockDevice::open_machine(&[MockConfig::default(), MockConfig { ordinal: 1, ..Default::default() }])?;
+    /// let (a, b) = (&devices[0], &devices[1]);
+    /// let (on_a, on_b) = (a.create_stream()?, b.create_stream()?);
+    /// let source = b.allocate(256, MemoryKind::Device, &on_b)?;
+    /// let target = a.allocate(256, MemoryKind::Device, &on_a)?;
+    /// on_b.fill(&source, 0, 256, 3)?;
+    /// on_b.synchronize()?;
+    /// assert!(matches!(on_a.copy(&source, 0, &target, 0, 256), Err(Error::PeerAccess { .. })));
+    /// a.enable_peer_access(b)?;
+    /// on_a.copy(&source, 0, &target, 0, 256)?;
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn open_machine(configs: &[MockConfig]) -> Result<Vec<MockDevice>> {
+        let check_races = configs.first().is_none_or(|config| config.check_races);
+        let machine = Arc::new(Machine::new(check_races));
+        let with_peers = configs.iter().filter(|config| config.profile.can_be_peer()).count() >= 2;
+        configs
+            .iter()
+            .map(|config| Self::open_on(config.clone(), machine.clone(), with_peers))
+            .collect()
+    }
+
+    fn open_on(config: MockConfig, machine: Arc<Machine>, with_peers: bool) -> Result<MockDevice> {
         if config.pool.segments == SegmentStrategy::Growable
             && !config.profile.capabilities().contains(Capabilities::GROWABLE_SEGMENTS)
         {
@@ -52,7 +92,14 @@ impl MockDevice {
                 needed: Capabilities::GROWABLE_SEGMENTS,
             });
         }
-        let state = Arc::new(DeviceState::new(&config));
+        if config.sharing && !config.profile.capabilities().contains(Capabilities::IPC) {
+            return Err(Error::Unsupported {
+                operation: "open with sharing enabled",
+                needed: Capabilities::IPC,
+            });
+        }
+        let state = Arc::new(DeviceState::new(&config, machine.clone(), with_peers));
+        machine.join(state.id, config.profile.can_be_peer());
         let allocator = CachingAllocator::with_config(MockMemory { state: state.clone() }, config.pool);
         let info = DeviceInfo {
             id: state.id,
@@ -189,6 +236,36 @@ impl gpuhal_hal::Device<MockBackend> for MockDevice {
     fn memory_info(&self) -> Result<(u64, u64)> {
         let capacity = self.state.capacity;
         Ok((capacity.saturating_sub(self.state.used_bytes()), capacity))
+    }
+
+    fn can_access_peer(&self, peer: &MockDevice) -> bool {
+        self.state.machine.can_be_peers(self.state.id, peer.state.id)
+    }
+
+    fn enable_peer_access(&self, peer: &MockDevice) -> Result<()> {
+        if !self.state.capabilities.contains(Capabilities::PEER_ACCESS) {
+            return Err(Error::Unsupported {
+                operation: "enable_peer_access",
+                needed: Capabilities::PEER_ACCESS,
+            });
+        }
+        self.state.machine.enable_peer_access(self.state.id, peer.state.id)
+    }
+
+    fn export(&self, buffer: &Buffer<MockBackend>) -> Result<SharedMemory> {
+        crate::sharing::export(&self.state, buffer)
+    }
+
+    fn import_shared(&self, handle: &SharedMemory) -> Result<SharedImport> {
+        crate::sharing::import(&self.state, handle)
+    }
+
+    fn shared_event(&self) -> Result<(MockEvent, SharedEvent)> {
+        crate::sharing::shared_event(&self.state)
+    }
+
+    fn import_event(&self, handle: &SharedEvent) -> Result<MockEvent> {
+        crate::sharing::import_event(&self.state, handle)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -128,20 +128,36 @@ impl NativeEvents for MockEvents {
 /// A point in a stream's work the caching pool waits for before reusing a block.
 pub struct MockMarker(pub(crate) PooledEvent<MockEvents>);
 
-/// A mock event, on loan from its device's pool.
+/// A mock event, on loan from its device's pool, or an interprocess event (made by
+/// [`shared_event`](gpuhal_hal::Device::shared_event) or imported), which is not pooled.
 pub struct MockEvent {
-    pooled: PooledEvent<MockEvents>,
+    slot: Arc<EventSlot>,
+    /// The pool's loan; `None` for an interprocess event.
+    pooled: Option<PooledEvent<MockEvents>>,
     state: Arc<DeviceState>,
 }
 
 impl MockEvent {
     pub(crate) fn new(pooled: PooledEvent<MockEvents>, state: Arc<DeviceState>) -> MockEvent {
         pooled.slot.reset();
-        MockEvent { pooled, state }
+        MockEvent {
+            slot: pooled.slot.clone(),
+            pooled: Some(pooled),
+            state,
+        }
+    }
+
+    /// An interprocess event of `state`'s device over `slot` (shared with the other side).
+    pub(crate) fn shared(slot: Arc<EventSlot>, state: Arc<DeviceState>) -> MockEvent {
+        MockEvent {
+            slot,
+            pooled: None,
+            state,
+        }
     }
 
     pub(crate) fn slot(&self) -> &Arc<EventSlot> {
-        &self.pooled.slot
+        &self.slot
     }
 
     /// The device the event belongs to.
@@ -211,7 +227,7 @@ impl gpuhal_hal::Event<MockBackend> for MockEvent {
     }
 
     fn has_timing(&self) -> bool {
-        self.pooled.has_timing()
+        self.pooled.as_ref().is_some_and(PooledEvent::has_timing)
     }
 }
 
@@ -219,7 +235,7 @@ impl std::fmt::Debug for MockEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MockEvent")
             .field("device", &self.state.id)
-            .field("timing", &self.pooled.has_timing())
+            .field("timing", &gpuhal_hal::Event::has_timing(self))
             .field("complete", &self.slot().is_complete())
             .finish()
     }

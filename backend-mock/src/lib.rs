@@ -39,12 +39,14 @@ mod fence;
 mod graph;
 mod import;
 mod lifetimes;
+mod machine;
 mod managed;
 mod memory;
 mod profile;
 mod queue;
 mod raw;
 mod segments;
+mod sharing;
 mod state;
 mod stream;
 

@@ -35,6 +35,11 @@ impl Profile {
         Profile::ALL.into_iter().find(|profile| profile.name() == name)
     }
 
+    /// Whether devices of this profile can be given access to each other's memory.
+    pub fn can_be_peer(self) -> bool {
+        self != Profile::Minimal
+    }
+
     /// What a device of this profile can do.
     pub fn capabilities(self) -> Capabilities {
         let common = Capabilities::STREAM_ORDERED_ALLOC
@@ -43,7 +48,10 @@ impl Profile {
             | Capabilities::HOST_PINNED;
         // Growable segments need virtual-memory management, which the minimal device
         // (a platform with the bare minimum) lacks.
-        let managed_and_graphs = Capabilities::MANAGED
+        // Peer access depends on the machine as well (another device to be a peer of):
+        // the device adds PEER_ACCESS when it was opened with one.
+        let managed_and_graphs = Capabilities::IPC
+            | Capabilities::MANAGED
             | Capabilities::CONCURRENT_MANAGED
             | Capabilities::MANAGED_ADVICE
             | Capabilities::GRAPHS

@@ -19,6 +19,10 @@ pub(crate) const DEVICE_ALIGNMENT: usize = 256;
 pub(crate) struct NativeAllocation {
     /// Backend token (`Region::native`).
     pub(crate) id: u64,
+    /// The device that allocated it.
+    pub(crate) device: gpuhal_hal::DeviceId,
+    /// Served from an exportable pool (a device opened with sharing enabled).
+    pub(crate) exportable: bool,
     backing: Backing,
     /// Offset of the aligned device address from the backing's base.
     skew: usize,
@@ -52,13 +56,21 @@ impl NativeAllocation {
     /// Allocates `size` zeroed bytes aligned to [`DEVICE_ALIGNMENT`]; `None` when the host
     /// cannot provide them. Pages are committed only when written, so a multi-gigabyte
     /// device allocation costs nothing until used.
-    pub(crate) fn new(id: u64, size: u64, kind: MemoryKind, graph_segment: bool) -> Option<NativeAllocation> {
+    pub(crate) fn new(
+        id: u64,
+        device: gpuhal_hal::DeviceId,
+        size: u64,
+        kind: MemoryKind,
+        graph_segment: bool,
+    ) -> Option<NativeAllocation> {
         let usable = usize::try_from(size).ok().filter(|&s| s > 0)?;
         let backing = Backing::new(usable)?;
         let address = backing.base().as_ptr() as usize;
         let skew = address.next_multiple_of(DEVICE_ALIGNMENT) - address;
         Some(NativeAllocation {
             id,
+            device,
+            exportable: false,
             backing,
             skew,
             size,

@@ -37,8 +37,12 @@ pub(crate) struct DeviceState {
     native_allocations: AtomicU64,
     /// The native allocation call number (1-based, since open) that fails.
     fail_at: Mutex<Option<u64>>,
-    next_native_id: AtomicU64,
-    pub(crate) checker: Mutex<Checker>,
+    /// The machine's checker (shared by the devices opened together).
+    pub(crate) checker: Arc<Mutex<Checker>>,
+    /// What the devices opened together share.
+    pub(crate) machine: Arc<crate::machine::Machine>,
+    /// Device allocations come from an exportable pool.
+    pub(crate) sharing: bool,
     /// Whether the checker compares accesses (the lifetime checks are always on).
     pub(crate) check_races: bool,
     /// Live native allocations and hand-outs, sharded (the checker reads them too).
@@ -52,19 +56,26 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
-    pub(crate) fn new(config: &MockConfig) -> DeviceState {
-        let lifetimes = Arc::new(Lifetimes::new());
+    /// A device of `machine`; `with_peers` when the machine has another device it can
+    /// be a peer of.
+    pub(crate) fn new(config: &MockConfig, machine: Arc<crate::machine::Machine>, with_peers: bool) -> DeviceState {
+        let lifetimes = machine.lifetimes.clone();
+        let mut capabilities = config.profile.capabilities();
+        if with_peers && config.profile.can_be_peer() {
+            capabilities |= Capabilities::PEER_ACCESS;
+        }
         DeviceState {
             id: DeviceId::fresh(),
             profile: config.profile,
-            capabilities: config.profile.capabilities(),
+            capabilities,
             capacity: config.capacity,
             stream_delay: config.stream_delay,
             used: AtomicU64::new(0),
             native_allocations: AtomicU64::new(0),
             fail_at: Mutex::new(config.fail_native_allocation),
-            next_native_id: AtomicU64::new(1),
-            checker: Mutex::new(Checker::new(config.check_races, lifetimes.clone())),
+            checker: machine.checker.clone(),
+            machine,
+            sharing: config.sharing,
             check_races: config.check_races,
             lifetimes,
             events: EventPool::new(MockEvents),
@@ -135,8 +146,10 @@ impl DeviceState {
             let oversubscribe = kind == MemoryKind::Managed && policy.allow_oversubscription;
             self.reserve(size, kind, oversubscribe)?;
         }
-        let id = self.next_native_id.fetch_add(1, Ordering::Relaxed);
-        let Some(mut allocation) = NativeAllocation::new(id, size, kind, graph_segment) else {
+        // Native ids are unique in the process: devices of one machine share lifetimes.
+        static NEXT_NATIVE_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_NATIVE_ID.fetch_add(1, Ordering::Relaxed);
+        let Some(mut allocation) = NativeAllocation::new(id, self.id, size, kind, graph_segment) else {
             if counted {
                 self.used.fetch_sub(size, Ordering::Relaxed);
             }
@@ -145,6 +158,7 @@ impl DeviceState {
                 format!("the host could not provide {size} bytes for the mock device"),
             ));
         };
+        allocation.exportable = self.sharing && kind == MemoryKind::Device && !graph_segment;
         if let Some(segments) = segments {
             segments.map(size);
             allocation.mapping = Some(segments.clone());

@@ -63,11 +63,12 @@ impl MockStream {
         self.issue(Node::Record { slot: slot.clone() })
     }
 
-    /// Checks `region` belongs to this device and `offset..offset + len` lies inside it,
+    /// Checks `region` belongs to this device or a peer it may access, and that
+    /// `offset..offset + len` lies inside it,
     /// and narrows it to that range.
     fn narrow(&self, operation: &'static str, region: &dyn AsRegion, offset: u64, len: u64) -> Result<Region> {
         let region = region.region();
-        check_device(operation, "buffer", self.state.id, region.device)?;
+        self.state.machine.check_access(operation, self.state.id, region.device)?;
         check_range(operation, offset, len, region.len)?;
         region.slice(offset, len)
     }
@@ -386,7 +387,9 @@ impl gpuhal_hal::Stream<MockBackend> for MockStream {
     }
 
     fn wait_event(&self, event: &MockEvent) -> Result<()> {
-        check_device("wait_event", "event", self.state.id, event.device_id())?;
+        self.state
+            .machine
+            .check_member("wait_event", "event", self.state.id, event.device_id())?;
         self.issue(Node::WaitEvent {
             slot: event.slot().clone(),
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::pool::{self, Allocator, CachingAllocator, StreamCache};
 use crate::report::MemoryReport;
+use crate::sharing::{SharedEvent, SharedImport, SharedMemory};
 use crate::stats::{EventStats, ImportStats, MemoryStats};
 use crate::types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,
@@ -165,6 +166,71 @@ pub trait Device<B: Backend<Device = Self>>: Send + Sync + Sized {
     /// Waits for all work on the device. Never used by the allocator.
     fn synchronize(&self) -> Result<()>;
 
+    /// Whether this device could be given access to `peer`'s memory
+    /// ([`enable_peer_access`](Self::enable_peer_access)). False for the device itself and
+    /// on backends without [`Capabilities::PEER_ACCESS`].
+    fn can_access_peer(&self, peer: &B::Device) -> bool {
+        let _ = peer;
+        false
+    }
+
+    /// Gives this device's streams access to `peer`'s memory: from then on they may copy
+    /// from and to `peer`'s buffers (CUDA: `cuCtxEnablePeerAccess`, and the peer's pool
+    /// access descriptors). One direction only: call it on `peer` too for the other.
+    /// Enabling it twice is not an error. Without it, such an operation fails with
+    /// [`Error::PeerAccess`] naming both devices.
+    ///
+    /// Waiting on another device's event needs no peer access
+    /// ([`Stream::wait_event`]).
+    fn enable_peer_access(&self, peer: &B::Device) -> Result<()> {
+        let _ = peer;
+        Err(Error::Unsupported {
+            operation: "enable_peer_access",
+            needed: Capabilities::PEER_ACCESS,
+        })
+    }
+
+    /// Exports `buffer` (device memory of this device, opened with sharing enabled) for
+    /// another process or device. The exporter keeps the memory alive: `buffer` must
+    /// outlive every import of it (see [`sharing`](crate::sharing)). Order the importer
+    /// after the exporter's writes with a [`shared_event`](Self::shared_event).
+    fn export(&self, buffer: &Buffer<B>) -> Result<SharedMemory> {
+        let _ = buffer;
+        Err(Error::Unsupported {
+            operation: "export",
+            needed: Capabilities::IPC,
+        })
+    }
+
+    /// Opens memory another process (or device) exported, for this device's streams. The
+    /// import keeps nothing alive on the exporter's side (see [`sharing`](crate::sharing)).
+    fn import_shared(&self, handle: &SharedMemory) -> Result<SharedImport> {
+        let _ = handle;
+        Err(Error::Unsupported {
+            operation: "import_shared",
+            needed: Capabilities::IPC,
+        })
+    }
+
+    /// A new interprocess event (no timing) and its handle for the other side. Record
+    /// and wait on it as on any event; the other side opens it with
+    /// [`import_event`](Self::import_event). Not drawn from the event pool.
+    fn shared_event(&self) -> Result<(B::Event, SharedEvent)> {
+        Err(Error::Unsupported {
+            operation: "shared_event",
+            needed: Capabilities::IPC,
+        })
+    }
+
+    /// Opens an interprocess event made by another process (or device).
+    fn import_event(&self, handle: &SharedEvent) -> Result<B::Event> {
+        let _ = handle;
+        Err(Error::Unsupported {
+            operation: "import_event",
+            needed: Capabilities::IPC,
+        })
+    }
+
     /// Process-wide identity.
     fn id(&self) -> DeviceId {
         self.info().id
@@ -224,7 +290,9 @@ pub trait Stream<B: Backend<Stream = Self>>: Send + Sync + Sized {
     /// Copies from `src` at `offset` into `out`, after the stream's earlier work.
     fn read(&self, src: &dyn AsRegion, offset: u64, out: &mut [u8]) -> Result<()>;
 
-    /// Copies `len` bytes between device regions.
+    /// Copies `len` bytes between device regions. Either may belong to a peer device
+    /// this stream's device was given access to ([`Device::enable_peer_access`]); without
+    /// access the copy fails with [`Error::PeerAccess`] naming both devices.
     fn copy(&self, src: &dyn AsRegion, src_offset: u64, dst: &dyn AsRegion, dst_offset: u64, len: u64) -> Result<()>;
 
     /// Sets `len` bytes of `dst` from `offset` to `value`.
@@ -233,7 +301,9 @@ pub trait Stream<B: Backend<Stream = Self>>: Send + Sync + Sized {
     /// Waits on the CPU until the stream's work so far has completed.
     fn synchronize(&self) -> Result<()>;
 
-    /// Makes later work on this stream wait for `event` (on the device).
+    /// Makes later work on this stream wait for `event` (on the device). The event may
+    /// belong to another device of this process, or be an imported interprocess event:
+    /// cross-device ordering needs no peer access.
     fn wait_event(&self, event: &B::Event) -> Result<()>;
 
     /// Enqueues a signal of `fence` to `value`.

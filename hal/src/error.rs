@@ -110,6 +110,23 @@ pub enum Error {
         found: u32,
     },
 
+    /// A stream of one device named memory of another device it has no access to.
+    #[error(
+        "{operation}: device {device} has no access to the memory of device {peer}; \
+         call enable_peer_access on device {device} with device {peer} first{}",
+        if *possible { "" } else { " (the devices cannot be peers)" }
+    )]
+    PeerAccess {
+        /// The operation that was refused.
+        operation: &'static str,
+        /// The device whose stream ran the operation.
+        device: u32,
+        /// The device that owns the memory.
+        peer: u32,
+        /// Whether the pair could be made peers at all.
+        possible: bool,
+    },
+
     /// Handles from two different backends were mixed through the dynamic facade.
     #[error("{operation}: a {found} handle was given to the {expected} backend")]
     BackendMismatch {

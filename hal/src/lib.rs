@@ -27,6 +27,7 @@ pub mod host_mapping;
 mod hot_lock;
 pub mod pool;
 pub mod report;
+pub mod sharing;
 mod spare;
 mod stats;
 pub mod torch_snapshot;
@@ -39,6 +40,7 @@ pub use backend::{
 pub use error::{check_range, Error, NativeError, Result};
 pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig, SegmentStrategy};
 pub use report::MemoryReport;
+pub use sharing::{PoolHandle, SharedEvent, SharedImport, SharedMemory};
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,

@@ -62,6 +62,15 @@ bitflags::bitflags! {
         /// Device memory can come from growable virtual-memory segments
         /// ([`SegmentStrategy::Growable`](crate::pool::SegmentStrategy::Growable)).
         const GROWABLE_SEGMENTS = 1 << 11;
+        /// The device can be given access to the memory of another device of this
+        /// process ([`Device::enable_peer_access`](crate::Device::enable_peer_access)):
+        /// copies between them and cross-device event waits keep stream order on both.
+        const PEER_ACCESS = 1 << 12;
+        /// Device memory can be shared with another process (or device) through an
+        /// exportable native pool ([`Device::export`](crate::Device::export),
+        /// [`Device::import_shared`](crate::Device::import_shared)), ordered by
+        /// interprocess events ([`Device::shared_event`](crate::Device::shared_event)).
+        const IPC = 1 << 13;
     }
 }
 
