@@ -132,6 +132,20 @@ pub(crate) fn import(state: &Arc<DeviceState>, handle: &SharedMemory) -> Result<
     }
     // The memory stays on the exporter's device: another device needs access to it.
     machine.check_access(OPERATION, state.id, record.exporter)?;
+    let live = state
+        .lifetimes
+        .lock(record.shard)
+        .handouts
+        .get(&record.key)
+        .is_some_and(|h| h.serial == record.serial && matches!(h.life, Life::Live));
+    if !live {
+        return Err(Error::UseAfterFree {
+            operation: OPERATION,
+            address: record.address,
+            allocation: record.serial,
+            freed_by: format!("device {}, which exported it and has released the buffer since", record.exporter),
+        });
+    }
     let token = SHARED_TAG | machine.token();
     state.checker.lock().shared_import_added(token, record);
     let region = Region {
