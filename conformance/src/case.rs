@@ -25,11 +25,15 @@ pub enum Area {
     Concurrency,
     /// Misuse that must fail cleanly and lose nothing else.
     BadInput,
+    /// Two devices of one machine: peer access, cross-device copies and event waits.
+    MultiDevice,
+    /// Export and import of device memory and interprocess events.
+    Sharing,
 }
 
 impl Area {
     /// Every area, in report order.
-    pub const ALL: [Area; 8] = [
+    pub const ALL: [Area; 10] = [
         Area::Memory,
         Area::Managed,
         Area::HostImport,
@@ -38,6 +42,8 @@ impl Area {
         Area::Graphs,
         Area::Concurrency,
         Area::BadInput,
+        Area::MultiDevice,
+        Area::Sharing,
     ];
 
     /// The name used in reports and in case paths (`area/case`).
@@ -51,6 +57,8 @@ impl Area {
             Area::Graphs => "graphs",
             Area::Concurrency => "concurrency",
             Area::BadInput => "bad input",
+            Area::MultiDevice => "multi device",
+            Area::Sharing => "sharing",
         }
     }
 }
@@ -112,15 +120,77 @@ impl<B: Backend> fmt::Debug for Case<B> {
 /// second device.
 pub(crate) type Opener<B> = Arc<dyn Fn() -> gpuhal_hal::Result<<B as Backend>::Device> + Send + Sync>;
 
-/// What a case runs with: a device opened for it alone, and a way to open another one.
+/// Opens two devices of one machine (they may become peers).
+pub(crate) type PairOpener<B> =
+    Arc<dyn Fn() -> gpuhal_hal::Result<(<B as Backend>::Device, <B as Backend>::Device)> + Send + Sync>;
+
+/// How the runner opens devices: one for each case, and, where the backend can, two
+/// devices of one machine (the `multi device` area) and a device with sharing enabled
+/// (the `sharing` area). Without one of the latter, the cases needing it are skipped
+/// with the reason given.
+pub struct Openers<B: Backend> {
+    pub(crate) one: Opener<B>,
+    pub(crate) pair: Result<PairOpener<B>, String>,
+    pub(crate) sharing: Result<Opener<B>, String>,
+}
+
+impl<B: Backend> Clone for Openers<B> {
+    fn clone(&self) -> Self {
+        Openers {
+            one: self.one.clone(),
+            pair: self.pair.clone(),
+            sharing: self.sharing.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Openers<B> {
+    /// Cases get a device opened by `open`; the multi-device and sharing cases skip.
+    pub fn new(open: impl Fn() -> gpuhal_hal::Result<B::Device> + Send + Sync + 'static) -> Self {
+        Openers {
+            one: Arc::new(open),
+            pair: Err("the runner was given no way to open two devices of one machine".into()),
+            sharing: Err("the runner was given no way to open a device with sharing enabled".into()),
+        }
+    }
+
+    /// Multi-device cases open their two devices with `open`.
+    pub fn with_pair(
+        mut self,
+        open: impl Fn() -> gpuhal_hal::Result<(B::Device, B::Device)> + Send + Sync + 'static,
+    ) -> Self {
+        self.pair = Ok(Arc::new(open));
+        self
+    }
+
+    /// Multi-device cases skip, saying `reason` (why the backend or machine has no pair).
+    pub fn without_pair(mut self, reason: impl Into<String>) -> Self {
+        self.pair = Err(reason.into());
+        self
+    }
+
+    /// Sharing cases open their device (with sharing enabled) with `open`.
+    pub fn with_sharing(mut self, open: impl Fn() -> gpuhal_hal::Result<B::Device> + Send + Sync + 'static) -> Self {
+        self.sharing = Ok(Arc::new(open));
+        self
+    }
+
+    /// Sharing cases skip, saying `reason`.
+    pub fn without_sharing(mut self, reason: impl Into<String>) -> Self {
+        self.sharing = Err(reason.into());
+        self
+    }
+}
+
+/// What a case runs with: a device opened for it alone, and a way to open more.
 pub struct Context<B: Backend> {
     device: B::Device,
-    opener: Opener<B>,
+    openers: Openers<B>,
 }
 
 impl<B: Backend> Context<B> {
-    pub(crate) fn new(device: B::Device, opener: Opener<B>) -> Self {
-        Context { device, opener }
+    pub(crate) fn new(device: B::Device, openers: Openers<B>) -> Self {
+        Context { device, openers }
     }
 
     /// The device under test, opened fresh for this case.
@@ -141,7 +211,23 @@ impl<B: Backend> Context<B> {
     /// Opens a second device the way the runner opened the first (for checks that
     /// handles of one device are refused by another).
     pub fn open_another_device(&self) -> Result<B::Device, Failure> {
-        (self.opener)().during("opening a second device")
+        (self.openers.one)().during("opening a second device")
+    }
+
+    /// Two devices of one machine, or a skip saying why the runner has none.
+    pub fn device_pair(&self) -> Result<(B::Device, B::Device), Failure> {
+        match &self.openers.pair {
+            Ok(open) => open().during("opening two devices"),
+            Err(reason) => Err(Failure::skip(reason.clone())),
+        }
+    }
+
+    /// A device opened with sharing enabled, or a skip saying why the runner has none.
+    pub fn sharing_device(&self) -> Result<B::Device, Failure> {
+        match &self.openers.sharing {
+            Ok(open) => open().during("opening a device with sharing enabled"),
+            Err(reason) => Err(Failure::skip(reason.clone())),
+        }
     }
 }
 

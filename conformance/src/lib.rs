@@ -18,9 +18,9 @@ pub mod cases;
 mod report;
 mod runner;
 
-pub use case::{Area, Case, Context, Failure, ResultExt};
+pub use case::{Area, Case, Context, Failure, Openers, ResultExt};
 pub use report::{AreaTally, CaseResult, Outcome, Report};
-pub use runner::{run_cases, run_suite, run_suite_with, SuiteOptions};
+pub use runner::{run_cases, run_cases_on, run_suite, run_suite_on, run_suite_with, SuiteOptions};
 
 /// Re-exported so that case code and the runner's callers name one `hal`.
 pub use gpuhal_hal as hal;

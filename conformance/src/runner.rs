@@ -2,12 +2,12 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gpuhal_hal::{Backend, Capabilities, Device};
 
-use crate::case::{Case, Context, Failure, Opener};
+use crate::case::{Case, Context, Failure, Openers};
 use crate::report::{CaseResult, Outcome, Report};
 
 /// How a suite is run.
@@ -59,7 +59,16 @@ where
     B: Backend,
     F: Fn() -> gpuhal_hal::Result<B::Device> + Send + Sync + 'static,
 {
-    let opener: Opener<B> = Arc::new(open);
+    run_cases_on(cases, Openers::new(open), options)
+}
+
+/// Runs every case of the suite with the devices `openers` opens.
+pub fn run_suite_on<B: Backend>(openers: Openers<B>, options: &SuiteOptions) -> Report {
+    run_cases_on(&crate::cases::all::<B>(), openers, options)
+}
+
+/// Runs the given cases (filtered by `options`) with the devices `openers` opens.
+pub fn run_cases_on<B: Backend>(cases: &[Case<B>], openers: Openers<B>, options: &SuiteOptions) -> Report {
     let mut target: Option<String> = None;
     let mut results = Vec::new();
     for case in cases {
@@ -69,7 +78,7 @@ where
             }
         }
         let started = Instant::now();
-        let (device_name, outcome) = run_one(*case, opener.clone(), options.case_timeout);
+        let (device_name, outcome) = run_one(*case, openers.clone(), options.case_timeout);
         if target.is_none() {
             target = device_name.map(|name| describe_target(B::NAME, &name));
         }
@@ -93,11 +102,11 @@ where
 /// ended. Otherwise the next case would open a device while the last one is still closing,
 /// and after the last case the process would exit while a driver is still tearing one down;
 /// NVIDIA's Vulkan driver crashes with SIGSEGV when that happens.
-fn run_one<B: Backend>(case: Case<B>, opener: Opener<B>, timeout: Duration) -> (Option<String>, Outcome) {
+fn run_one<B: Backend>(case: Case<B>, openers: Openers<B>, timeout: Duration) -> (Option<String>, Outcome) {
     let (sender, receiver) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("case {}", case.name))
-        .spawn(move || run_on_device(case, opener, &sender));
+        .spawn(move || run_on_device(case, openers, &sender));
     let thread = match spawned {
         Ok(thread) => thread,
         Err(err) => {
@@ -134,8 +143,8 @@ fn run_one<B: Backend>(case: Case<B>, opener: Opener<B>, timeout: Duration) -> (
 
 /// The body of a case's thread: opens the device, runs the case, sends the result, then
 /// closes the device (on every path, when this function returns).
-fn run_on_device<B: Backend>(case: Case<B>, opener: Opener<B>, sender: &mpsc::Sender<(Option<String>, Outcome)>) {
-    let device = match opener() {
+fn run_on_device<B: Backend>(case: Case<B>, openers: Openers<B>, sender: &mpsc::Sender<(Option<String>, Outcome)>) {
+    let device = match (openers.one)() {
         Ok(device) => device,
         Err(err) => {
             let _ = sender.send((None, Outcome::Failed(format!("could not open the device: {err}"))));
@@ -149,7 +158,7 @@ fn run_on_device<B: Backend>(case: Case<B>, opener: Opener<B>, sender: &mpsc::Se
         let _ = sender.send((device_name, Outcome::Skipped(reason)));
         return;
     }
-    let context = Context::new(device, opener);
+    let context = Context::new(device, openers);
     let outcome = match catch_unwind(AssertUnwindSafe(|| (case.run)(&context))) {
         Ok(Ok(())) => Outcome::Passed,
         Ok(Err(Failure::Failed(message))) => Outcome::Failed(message),

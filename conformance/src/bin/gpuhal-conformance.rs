@@ -3,8 +3,10 @@
 //! ```text
 //! gpuhal-conformance [--backend mock|cuda|vulkan] [--profile discrete|coherent|minimal|all]
 //!                    [--segments native|growable] [--ordinal N] [--filter SUBSTRING] [--list]
-//!                    [--json PATH]
+//!                    [--devices 1|2] [--json PATH]
 //!
+//! `--devices` (mock only, default 2) is how many mock devices of one machine the
+//! `multi device` cases get; with 1 they are skipped, saying so.
 //! `--segments growable` opens every device with growable virtual-memory segments, so the
 //! whole suite runs over them (mock profiles without the capability are left out).
 //! ```
@@ -15,9 +17,12 @@
 use std::process::ExitCode;
 
 use gpuhal_conformance::{cases, hal::Backend, Report, SuiteOptions};
+#[cfg(any(feature = "mock", feature = "cuda", feature = "vulkan"))]
+use gpuhal_conformance::Openers;
 
 const USAGE: &str = "usage: gpuhal-conformance [--backend mock|cuda|vulkan] \
-[--profile discrete|coherent|minimal|all] [--segments native|growable] [--ordinal N] [--filter SUBSTRING] [--list] [--json PATH]";
+[--profile discrete|coherent|minimal|all] [--segments native|growable] [--ordinal N] [--devices 1|2] \
+[--filter SUBSTRING] [--list] [--json PATH]";
 
 #[derive(Debug)]
 struct Args {
@@ -25,6 +30,7 @@ struct Args {
     profile: String,
     segments: gpuhal_conformance::hal::SegmentStrategy,
     ordinal: u32,
+    devices: u32,
     filter: Option<String>,
     list: bool,
     json: Option<String>,
@@ -36,11 +42,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         profile: "all".to_string(),
         segments: gpuhal_conformance::hal::SegmentStrategy::Native,
         ordinal: 0,
+        devices: 2,
         filter: None,
         list: false,
         json: None,
     };
     let mut profile_given = false;
+    let mut devices_given = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
@@ -69,6 +77,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     .parse()
                     .map_err(|_| format!("--ordinal expects a device number, got {text:?}"))?;
             }
+            "--devices" => {
+                let text = value("--devices")?;
+                parsed.devices = match text.as_str() {
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(format!("--devices expects 1 or 2, got {text:?}")),
+                };
+                devices_given = true;
+            }
             "--filter" => parsed.filter = Some(value("--filter")?),
             "--json" => parsed.json = Some(value("--json")?),
             "--list" => parsed.list = true,
@@ -78,6 +95,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if profile_given && parsed.backend != "mock" {
         return Err("--profile applies to the mock backend only".to_string());
+    }
+    if devices_given && parsed.backend != "mock" {
+        return Err("--devices applies to the mock backend only; other backends use the devices they find".to_string());
     }
     Ok(Some(parsed))
 }
@@ -179,6 +199,7 @@ fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
         })?]
     };
     let ordinal = args.ordinal;
+    let devices = args.devices;
     let segments = args.segments;
     let pool = gpuhal_conformance::hal::PoolConfig {
         segments,
@@ -193,15 +214,40 @@ fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
                     .contains(gpuhal_conformance::hal::Capabilities::GROWABLE_SEGMENTS)
         })
         .map(|profile| {
-            let open = move || {
-                MockDevice::open(MockConfig {
-                    profile,
-                    ordinal,
-                    pool,
-                    ..MockConfig::default()
-                })
+            let config = MockConfig {
+                profile,
+                ordinal,
+                pool,
+                ..MockConfig::default()
             };
-            gpuhal_conformance::run_suite_with::<MockBackend, _>(open, options)
+            let one = config.clone();
+            let mut openers = Openers::<MockBackend>::new(move || MockDevice::open(one.clone()));
+            if profile.capabilities().contains(gpuhal_conformance::hal::Capabilities::IPC) {
+                let shared = MockConfig {
+                    sharing: true,
+                    ..config.clone()
+                };
+                openers = openers.with_sharing(move || MockDevice::open(shared.clone()));
+            } else {
+                openers = openers.without_sharing(format!("the mock's {profile} profile has no IPC"));
+            }
+            openers = if devices == 2 {
+                let second = MockConfig {
+                    ordinal: ordinal + 1,
+                    ..config.clone()
+                };
+                let pair = [config, second];
+                openers.with_pair(move || {
+                    let mut opened = MockDevice::open_machine(&pair)?.into_iter();
+                    match (opened.next(), opened.next()) {
+                        (Some(a), Some(b)) => Ok((a, b)),
+                        _ => Err(gpuhal_conformance::hal::Error::invalid("open_machine", "two devices asked, fewer opened")),
+                    }
+                })
+            } else {
+                openers.without_pair("the mock was asked for one device (--devices 1)")
+            };
+            gpuhal_conformance::run_suite_on::<MockBackend>(openers, options)
         })
         .collect();
     Ok(Some(reports))
@@ -224,8 +270,10 @@ fn run_cuda(args: &Args, options: &SuiteOptions) -> Outcome {
         segments: args.segments,
         ..Default::default()
     };
-    let report =
-        gpuhal_conformance::run_suite_with::<CudaBackend, _>(move || CudaDevice::open_with(ordinal, config), options);
+    let openers = Openers::<CudaBackend>::new(move || CudaDevice::open_with(ordinal, config))
+        .without_pair("the CUDA backend has no peer access or cross-device work yet")
+        .without_sharing("the CUDA backend has no exportable pools yet");
+    let report = gpuhal_conformance::run_suite_on::<CudaBackend>(openers, options);
     Ok(Some(vec![report]))
 }
 
@@ -245,7 +293,10 @@ fn run_vulkan(args: &Args, options: &SuiteOptions) -> Outcome {
         return Err("the Vulkan backend has no growable segments".to_string());
     }
     let ordinal = args.ordinal;
-    let report = gpuhal_conformance::run_suite_with::<VulkanBackend, _>(move || VulkanDevice::open(ordinal), options);
+    let openers = Openers::<VulkanBackend>::new(move || VulkanDevice::open(ordinal))
+        .without_pair("the Vulkan backend has no peer access or cross-device work yet")
+        .without_sharing("the Vulkan backend has no external memory yet");
+    let report = gpuhal_conformance::run_suite_on::<VulkanBackend>(openers, options);
     Ok(Some(vec![report]))
 }
 
@@ -293,6 +344,9 @@ mod tests {
         assert!(parse(&["--filter"]).is_err());
         assert!(parse(&["--ordinal", "x"]).is_err());
         assert!(parse(&["--backend", "cuda", "--profile", "minimal"]).is_err());
+        assert!(parse(&["--devices", "3"]).is_err());
+        assert!(parse(&["--backend", "cuda", "--devices", "2"]).is_err());
+        assert_eq!(parse(&["--devices=1"]).unwrap().unwrap().devices, 1);
         assert!(parse(&["--help"]).unwrap().is_none());
     }
 }

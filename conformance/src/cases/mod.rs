@@ -13,6 +13,8 @@ mod graphs;
 mod host_import;
 mod managed;
 mod memory;
+mod multi_device;
+mod sharing;
 
 /// Every case of the suite, grouped by area in report order.
 pub fn all<B: Backend>() -> Vec<Case<B>> {
@@ -26,6 +28,8 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     cases.extend(graphs::cases::<B>());
     cases.extend(concurrency::cases::<B>());
     cases.extend(bad_input::cases::<B>());
+    cases.extend(multi_device::cases::<B>());
+    cases.extend(sharing::cases::<B>());
     cases
 }
 
