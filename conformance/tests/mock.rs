@@ -233,3 +233,53 @@ fn runner_fails_a_case_whose_teardown_hangs() {
         other => panic!("a case whose teardown hangs was reported as {other:?}"),
     }
 }
+
+fn machine_openers(profile: Profile) -> gpuhal_conformance::Openers<MockBackend> {
+    let config = MockConfig {
+        profile,
+        ..MockConfig::default()
+    };
+    let shared = MockConfig {
+        sharing: true,
+        ..config.clone()
+    };
+    let pair = [config.clone(), config.clone()];
+    gpuhal_conformance::Openers::new(move || MockDevice::open(config.clone()))
+        .with_sharing(move || MockDevice::open(shared.clone()))
+        .with_pair(move || {
+            let mut devices = MockDevice::open_machine(&pair)?;
+            let second = devices.pop();
+            match (devices.pop(), second) {
+                (Some(a), Some(b)) => Ok((a, b)),
+                _ => Err(gpuhal_conformance::hal::Error::invalid("open_machine", "fewer than two devices")),
+            }
+        })
+}
+
+#[test]
+fn multi_device_and_sharing_areas_pass_with_two_mock_devices() {
+    let report = gpuhal_conformance::run_suite_on(machine_openers(Profile::Discrete), &SuiteOptions::default());
+    println!("{}", report.render());
+    assert_eq!(report.failed(), 0, "{}", report.render());
+    for area in [Area::MultiDevice, Area::Sharing] {
+        let tally = report.tally(area);
+        assert!(tally.passed >= 4, "{area}: only {} passed", tally.passed);
+        assert_eq!(tally.skipped, 0, "{area}: skipped on the discrete profile");
+    }
+}
+
+#[test]
+fn multi_device_and_sharing_areas_skip_with_the_reason_without_the_devices() {
+    let report = run_suite::<MockBackend, _>(opener(Profile::Discrete), Some("multi_device/"));
+    assert!(!report.results.is_empty());
+    for (result, reason) in report.skips() {
+        assert!(reason.contains("two devices"), "{}: {reason}", result.path());
+    }
+    assert_eq!(report.skips().count(), report.results.len());
+    let report = run_suite::<MockBackend, _>(opener(Profile::Discrete), Some("sharing/"));
+    assert!(!report.results.is_empty());
+    assert_eq!(report.skips().count(), report.results.len());
+    for (result, reason) in report.skips() {
+        assert!(reason.contains("sharing enabled"), "{}: {reason}", result.path());
+    }
+}
