@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use gpuhal_hal::{
     check_device, Advice, AsRegion, Buffer, CachingAllocator, Capabilities, DeviceInfo, Error, EventStats, HostImport,
-    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, SegmentStrategy, SharedEvent, SharedImport, SharedMemory, StreamId,
+    ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, Result, SegmentStrategy, SharedEvent,
+    SharedImport, SharedMemory, StreamId,
 };
 
 use crate::segments::MappingStats;

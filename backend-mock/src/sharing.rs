@@ -43,7 +43,10 @@ pub(crate) fn export(state: &Arc<DeviceState>, buffer: &Buffer<MockBackend>) -> 
     if region.kind != MemoryKind::Device {
         return Err(Error::invalid(
             OPERATION,
-            format!("only Device memory comes from the exportable pool, not {:?} memory", region.kind),
+            format!(
+                "only Device memory comes from the exportable pool, not {:?} memory",
+                region.kind
+            ),
         ));
     }
     let index = Lifetimes::shard_of(region.native);
@@ -116,7 +119,10 @@ pub(crate) fn import(state: &Arc<DeviceState>, handle: &SharedMemory) -> Result<
         )
     };
     let PoolHandle::Token(pool) = handle.pool else {
-        return Err(Error::invalid(OPERATION, "the mock's pools are named by tokens, not file descriptors"));
+        return Err(Error::invalid(
+            OPERATION,
+            "the mock's pools are named by tokens, not file descriptors",
+        ));
     };
     if pool != machine.id {
         return Err(foreign());
@@ -143,7 +149,10 @@ pub(crate) fn import(state: &Arc<DeviceState>, handle: &SharedMemory) -> Result<
             operation: OPERATION,
             address: record.address,
             allocation: record.serial,
-            freed_by: format!("device {}, which exported it and has released the buffer since", record.exporter),
+            freed_by: format!(
+                "device {}, which exported it and has released the buffer since",
+                record.exporter
+            ),
         });
     }
     let token = SHARED_TAG | machine.token();

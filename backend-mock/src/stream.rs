@@ -68,7 +68,9 @@ impl MockStream {
     /// and narrows it to that range.
     fn narrow(&self, operation: &'static str, region: &dyn AsRegion, offset: u64, len: u64) -> Result<Region> {
         let region = region.region();
-        self.state.machine.check_access(operation, self.state.id, region.device)?;
+        self.state
+            .machine
+            .check_access(operation, self.state.id, region.device)?;
         check_range(operation, offset, len, region.len)?;
         region.slice(offset, len)
     }

@@ -47,10 +47,15 @@ fn peer_access_is_reported_only_with_a_peer_and_not_on_minimal_devices() {
         MockConfig::default(),
     ])
     .unwrap();
-    assert!(!minimal[0].capabilities().contains(Capabilities::PEER_ACCESS | Capabilities::IPC));
+    assert!(!minimal[0]
+        .capabilities()
+        .contains(Capabilities::PEER_ACCESS | Capabilities::IPC));
     assert!(matches!(
         minimal[0].enable_peer_access(&minimal[1]),
-        Err(Error::Unsupported { needed: Capabilities::PEER_ACCESS, .. })
+        Err(Error::Unsupported {
+            needed: Capabilities::PEER_ACCESS,
+            ..
+        })
     ));
 }
 
@@ -75,7 +80,10 @@ fn copy_from_a_peer_needs_access_and_the_error_names_both_devices() {
     on_a.copy(&source, 0, &target, 0, 4096).unwrap();
     assert_eq!(read(&on_a, &target, 4096), vec![0x42; 4096]);
     // One direction only: b's streams still cannot touch a's memory.
-    assert!(matches!(on_b.copy(&target, 0, &source, 0, 16), Err(Error::PeerAccess { .. })));
+    assert!(matches!(
+        on_b.copy(&target, 0, &source, 0, 16),
+        Err(Error::PeerAccess { .. })
+    ));
 }
 
 #[test]
@@ -86,7 +94,10 @@ fn devices_opened_separately_cannot_be_peers() {
     let on_a = a.create_stream().unwrap();
     let on_b = b.create_stream().unwrap();
     let foreign = b.allocate(256, MemoryKind::Device, &on_b).unwrap();
-    assert!(matches!(on_a.fill(&foreign, 0, 256, 1), Err(Error::ForeignHandle { .. })));
+    assert!(matches!(
+        on_a.fill(&foreign, 0, 256, 1),
+        Err(Error::ForeignHandle { .. })
+    ));
     let event = b.event(false).unwrap();
     assert!(matches!(on_a.wait_event(&event), Err(Error::ForeignHandle { .. })));
 }
@@ -133,7 +144,10 @@ fn a_hand_made_region_naming_one_device_but_pointing_into_another_is_refused() {
         native: 0,
         ..gpuhal_hal::AsRegion::region(&theirs)
     };
-    assert!(matches!(on_a.fill(&forged, 0, 256, 1), Err(Error::ForeignHandle { .. })));
+    assert!(matches!(
+        on_a.fill(&forged, 0, 256, 1),
+        Err(Error::ForeignHandle { .. })
+    ));
 }
 
 #[test]
@@ -188,7 +202,10 @@ fn another_device_imports_only_with_access_to_the_exporter() {
     assert_eq!(read(&on_b, &imported, 512), vec![5; 512]);
     // A device of another machine cannot open the handle at all.
     let stranger = MockDevice::open(sharing(0)).unwrap();
-    assert!(matches!(stranger.import_shared(&handle), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        stranger.import_shared(&handle),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 #[test]
@@ -211,7 +228,10 @@ fn export_needs_sharing_enabled_and_device_memory() {
     };
     assert!(matches!(
         MockDevice::open(minimal),
-        Err(Error::Unsupported { needed: Capabilities::IPC, .. })
+        Err(Error::Unsupported {
+            needed: Capabilities::IPC,
+            ..
+        })
     ));
 }
 
@@ -241,7 +261,10 @@ fn the_exporter_keeps_shared_memory_alive_and_an_import_outliving_it_is_a_use_af
     // A region of a dropped import is refused too.
     let region = gpuhal_hal::AsRegion::region(&imported);
     drop(imported);
-    assert!(matches!(importer.read(&region, 0, &mut out), Err(Error::UseAfterFree { .. })));
+    assert!(matches!(
+        importer.read(&region, 0, &mut out),
+        Err(Error::UseAfterFree { .. })
+    ));
     // And a handle whose buffer is gone cannot be imported any more.
     assert!(matches!(device.import_shared(&handle), Err(Error::UseAfterFree { .. })));
 }
@@ -251,10 +274,16 @@ fn a_shared_event_from_another_machine_or_backend_is_refused() {
     let device = MockDevice::open(sharing(0)).unwrap();
     let (_event, handle) = device.shared_event().unwrap();
     let other = MockDevice::open(sharing(0)).unwrap();
-    assert!(matches!(other.import_event(&handle), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        other.import_event(&handle),
+        Err(Error::InvalidArgument { .. })
+    ));
     let forged = gpuhal_hal::SharedEvent {
         backend: "cuda",
         ..handle
     };
-    assert!(matches!(device.import_event(&forged), Err(Error::BackendMismatch { .. })));
+    assert!(matches!(
+        device.import_event(&forged),
+        Err(Error::BackendMismatch { .. })
+    ));
 }

@@ -45,6 +45,14 @@
 // (`GPUHAL_SEGMENTS=growable` for the torch allocator).
 #define GPUHAL_CAP_GROWABLE_SEGMENTS (1 << 11)
 
+// Capability bit: the device can be given access to another device's memory (the C ABI
+// has no peer-access calls yet).
+#define GPUHAL_CAP_PEER_ACCESS (1 << 12)
+
+// Capability bit: device memory can be exported to another process and imported (the C
+// ABI has no export/import calls yet).
+#define GPUHAL_CAP_IPC (1 << 13)
+
 // `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.
 #define GPUHAL_ADVICE_PREFER_DEVICE (1 << 0)
 

@@ -60,6 +60,12 @@ pub const GPUHAL_CAP_MANAGED_ADVICE: u32 = 1 << 10;
 /// Capability bit: device memory can come from growable virtual-memory segments
 /// (`GPUHAL_SEGMENTS=growable` for the torch allocator).
 pub const GPUHAL_CAP_GROWABLE_SEGMENTS: u32 = 1 << 11;
+/// Capability bit: the device can be given access to another device's memory (the C ABI
+/// has no peer-access calls yet).
+pub const GPUHAL_CAP_PEER_ACCESS: u32 = 1 << 12;
+/// Capability bit: device memory can be exported to another process and imported (the C
+/// ABI has no export/import calls yet).
+pub const GPUHAL_CAP_IPC: u32 = 1 << 13;
 
 /// `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.
 pub const GPUHAL_ADVICE_PREFER_DEVICE: u32 = 1 << 0;
@@ -90,8 +96,10 @@ const _: () = {
     assert!(GPUHAL_CAP_HOST_PINNED == Capabilities::HOST_PINNED.bits());
     assert!(GPUHAL_CAP_MANAGED_ADVICE == Capabilities::MANAGED_ADVICE.bits());
     assert!(GPUHAL_CAP_GROWABLE_SEGMENTS == Capabilities::GROWABLE_SEGMENTS.bits());
+    assert!(GPUHAL_CAP_PEER_ACCESS == Capabilities::PEER_ACCESS.bits());
+    assert!(GPUHAL_CAP_IPC == Capabilities::IPC.bits());
     assert!(
-        Capabilities::all().bits() == (1 << 12) - 1,
+        Capabilities::all().bits() == (1 << 14) - 1,
         "a capability was added: give it a GPUHAL_CAP_ constant"
     );
     assert!(GPUHAL_ADVICE_PREFER_DEVICE == Advice::PREFER_DEVICE.bits());

@@ -251,7 +251,10 @@ fn machine_openers(profile: Profile) -> gpuhal_conformance::Openers<MockBackend>
             let second = devices.pop();
             match (devices.pop(), second) {
                 (Some(a), Some(b)) => Ok((a, b)),
-                _ => Err(gpuhal_conformance::hal::Error::invalid("open_machine", "fewer than two devices")),
+                _ => Err(gpuhal_conformance::hal::Error::invalid(
+                    "open_machine",
+                    "fewer than two devices",
+                )),
             }
         })
 }

@@ -16,9 +16,9 @@
 
 use std::process::ExitCode;
 
-use gpuhal_conformance::{cases, hal::Backend, Report, SuiteOptions};
 #[cfg(any(feature = "mock", feature = "cuda", feature = "vulkan"))]
 use gpuhal_conformance::Openers;
+use gpuhal_conformance::{cases, hal::Backend, Report, SuiteOptions};
 
 const USAGE: &str = "usage: gpuhal-conformance [--backend mock|cuda|vulkan] \
 [--profile discrete|coherent|minimal|all] [--segments native|growable] [--ordinal N] [--devices 1|2] \
@@ -222,7 +222,10 @@ fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
             };
             let one = config.clone();
             let mut openers = Openers::<MockBackend>::new(move || MockDevice::open(one.clone()));
-            if profile.capabilities().contains(gpuhal_conformance::hal::Capabilities::IPC) {
+            if profile
+                .capabilities()
+                .contains(gpuhal_conformance::hal::Capabilities::IPC)
+            {
                 let shared = MockConfig {
                     sharing: true,
                     ..config.clone()
@@ -241,7 +244,10 @@ fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
                     let mut opened = MockDevice::open_machine(&pair)?.into_iter();
                     match (opened.next(), opened.next()) {
                         (Some(a), Some(b)) => Ok((a, b)),
-                        _ => Err(gpuhal_conformance::hal::Error::invalid("open_machine", "two devices asked, fewer opened")),
+                        _ => Err(gpuhal_conformance::hal::Error::invalid(
+                            "open_machine",
+                            "two devices asked, fewer opened",
+                        )),
                     }
                 })
             } else {

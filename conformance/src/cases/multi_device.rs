@@ -66,8 +66,12 @@ fn peer_copy_needs_access<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let on_b = b.create_stream().during("creating a stream on the second device")?;
     let len = MIB;
     let data = pattern(len as usize, 61);
-    let source = b.allocate(len, MemoryKind::Device, &on_b).during("allocating on the second device")?;
-    let target = a.allocate(len, MemoryKind::Device, &on_a).during("allocating on the first device")?;
+    let source = b
+        .allocate(len, MemoryKind::Device, &on_b)
+        .during("allocating on the second device")?;
+    let target = a
+        .allocate(len, MemoryKind::Device, &on_a)
+        .during("allocating on the first device")?;
     on_b.write(&source, 0, &data).during("writing the source")?;
     on_b.synchronize().during("synchronizing the second device's stream")?;
     let err = expect_error!(
@@ -94,13 +98,20 @@ fn one_directional<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let (a, b) = peers(ctx)?;
     let on_a = a.create_stream().during("creating a stream on the first device")?;
     let on_b = b.create_stream().during("creating a stream on the second device")?;
-    let theirs = b.allocate(4096, MemoryKind::Device, &on_b).during("allocating on the second device")?;
-    let ours = a.allocate(4096, MemoryKind::Device, &on_a).during("allocating on the first device")?;
-    on_a.fill(&ours, 0, 4096, 1).during("filling the first device's buffer")?;
-    on_b.fill(&theirs, 0, 4096, 2).during("filling the second device's buffer")?;
+    let theirs = b
+        .allocate(4096, MemoryKind::Device, &on_b)
+        .during("allocating on the second device")?;
+    let ours = a
+        .allocate(4096, MemoryKind::Device, &on_a)
+        .during("allocating on the first device")?;
+    on_a.fill(&ours, 0, 4096, 1)
+        .during("filling the first device's buffer")?;
+    on_b.fill(&theirs, 0, 4096, 2)
+        .during("filling the second device's buffer")?;
     on_a.synchronize().during("synchronizing")?;
     on_b.synchronize().during("synchronizing")?;
-    a.enable_peer_access(&b).during("enabling the first device's access to the second")?;
+    a.enable_peer_access(&b)
+        .during("enabling the first device's access to the second")?;
     expect_error!(
         on_b.copy(&ours, 0, &theirs, 0, 4096),
         Error::PeerAccess { .. },
@@ -110,7 +121,8 @@ fn one_directional<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let kept = read_back::<B>(&on_b, &theirs, 0, 4096)?;
     ensure_bytes(&kept, &[2; 4096], "the second device's buffer after a refused copy")?;
     b.enable_peer_access(&a).during("enabling the other direction")?;
-    on_b.copy(&ours, 0, &theirs, 0, 4096).during("copying with access both ways")?;
+    on_b.copy(&ours, 0, &theirs, 0, 4096)
+        .during("copying with access both ways")?;
     let copied = read_back::<B>(&on_b, &theirs, 0, 4096)?;
     ensure_bytes(&copied, &[1; 4096], "the copy once both directions are enabled")
 }
@@ -118,7 +130,9 @@ fn one_directional<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 fn cross_device_event<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let (a, b) = ctx.device_pair()?;
     if !b.capabilities().contains(Capabilities::TIMELINE_FENCE) {
-        return Err(Failure::skip("the second device lacks TIMELINE_FENCE, used to hold its stream"));
+        return Err(Failure::skip(
+            "the second device lacks TIMELINE_FENCE, used to hold its stream",
+        ));
     }
     let on_a = a.create_stream().during("creating a stream on the first device")?;
     let on_b = b.create_stream().during("creating a stream on the second device")?;
@@ -129,7 +143,8 @@ fn cross_device_event<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     on_b.wait(&gate, 1).during("holding the second device's stream")?;
     let theirs = b.event(false).during("an event of the second device")?;
     theirs.record(&on_b).during("recording it")?;
-    on_a.wait_event(&theirs).during("the first device's stream waiting on it")?;
+    on_a.wait_event(&theirs)
+        .during("the first device's stream waiting on it")?;
     on_a.fill(&buffer, 0, 4096, 7).during("work after the wait")?;
     let ours = a.event(false).during("an event of the first device")?;
     ours.record(&on_a).during("recording after the work")?;
@@ -155,8 +170,12 @@ fn cross_device_copy_order<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> 
     let on_b = b.create_stream().during("creating a stream on the second device")?;
     let len = MIB;
     let first = pattern(len as usize, 71);
-    let source = b.allocate(len, MemoryKind::Device, &on_b).during("allocating on the second device")?;
-    let target = a.allocate(len, MemoryKind::Device, &on_a).during("allocating on the first device")?;
+    let source = b
+        .allocate(len, MemoryKind::Device, &on_b)
+        .during("allocating on the second device")?;
+    let target = a
+        .allocate(len, MemoryKind::Device, &on_a)
+        .during("allocating on the first device")?;
     on_b.write(&source, 0, &first).during("writing the source")?;
     let written = b.event(false).during("an event of the second device")?;
     written.record(&on_b).during("recording after the write")?;
@@ -165,10 +184,15 @@ fn cross_device_copy_order<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> 
     let copied = a.event(false).during("an event of the first device")?;
     copied.record(&on_a).during("recording after the copy")?;
     // The second device overwrites its buffer only after the copy read it.
-    on_b.wait_event(&copied).during("ordering the overwrite after the copy")?;
+    on_b.wait_event(&copied)
+        .during("ordering the overwrite after the copy")?;
     on_b.fill(&source, 0, len, 0xee).during("overwriting the source")?;
     let target_bytes = read_back::<B>(&on_a, &target, 0, len as usize)?;
     ensure_bytes(&target_bytes, &first, "the copy, ordered before the overwrite")?;
     let source_bytes = read_back::<B>(&on_b, &source, 0, len as usize)?;
-    ensure_bytes(&source_bytes, &vec![0xee; len as usize], "the source after the overwrite")
+    ensure_bytes(
+        &source_bytes,
+        &vec![0xee; len as usize],
+        "the source after the overwrite",
+    )
 }

@@ -47,8 +47,12 @@ fn round_trip<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let importer = device.create_stream().during("creating the importer's stream")?;
     let len = 64 * KIB;
     let data = pattern(len as usize, 81);
-    let buffer = device.allocate(len, MemoryKind::Device, &exporter).during("allocating")?;
-    exporter.write(&buffer, 0, &data).during("filling the exported buffer")?;
+    let buffer = device
+        .allocate(len, MemoryKind::Device, &exporter)
+        .during("allocating")?;
+    exporter
+        .write(&buffer, 0, &data)
+        .during("filling the exported buffer")?;
     let (ready, ready_handle) = device.shared_event().during("making an interprocess event")?;
     ready.record(&exporter).during("recording it after the fill")?;
     let handle = device.export(&buffer).during("exporting the buffer")?;
@@ -57,13 +61,19 @@ fn round_trip<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let imported = device.import_shared(&handle).during("importing the buffer")?;
     ensure_eq!(imported.len(), len, "the imported length");
     let ready_there = device.import_event(&ready_handle).during("importing the event")?;
-    importer.wait_event(&ready_there).during("waiting on the exporter's event")?;
+    importer
+        .wait_event(&ready_there)
+        .during("waiting on the exporter's event")?;
     let seen = read_back::<B>(&importer, &imported, 0, len as usize)?;
     ensure_bytes(&seen, &data, "the importer's view of the exported buffer")?;
     let answer = pattern(len as usize / 2, 82);
-    importer.write(&imported, 0, &answer).during("the importer writing its answer")?;
+    importer
+        .write(&imported, 0, &answer)
+        .during("the importer writing its answer")?;
     ready_there.record(&importer).during("the importer signalling")?;
-    exporter.wait_event(&ready).during("the exporter waiting on the importer")?;
+    exporter
+        .wait_event(&ready)
+        .during("the exporter waiting on the importer")?;
     let back = read_back::<B>(&exporter, &buffer, 0, len as usize)?;
     let mut expected = answer;
     expected.extend_from_slice(&data[len as usize / 2..]);
@@ -78,9 +88,15 @@ fn cached_piece<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let stream = device.create_stream().during("creating a stream")?;
     // Small buffers are usually pieces of one native allocation: the handle must carry
     // the piece's offset, not the allocation's start.
-    let neighbour = device.allocate(4 * KIB, MemoryKind::Device, &stream).during("allocating")?;
-    let buffer = device.allocate(4 * KIB, MemoryKind::Device, &stream).during("allocating")?;
-    stream.fill(&neighbour, 0, 4 * KIB, 0x99).during("filling the neighbour")?;
+    let neighbour = device
+        .allocate(4 * KIB, MemoryKind::Device, &stream)
+        .during("allocating")?;
+    let buffer = device
+        .allocate(4 * KIB, MemoryKind::Device, &stream)
+        .during("allocating")?;
+    stream
+        .fill(&neighbour, 0, 4 * KIB, 0x99)
+        .during("filling the neighbour")?;
     let data = pattern(4 * KIB as usize, 83);
     stream.write(&buffer, 0, &data).during("filling the buffer")?;
     stream.synchronize().during("synchronizing")?;
@@ -104,7 +120,9 @@ fn needs_exportable_pool<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     );
     let device = ctx.sharing_device()?;
     let stream = device.create_stream().during("creating a stream")?;
-    let empty = device.allocate(0, MemoryKind::Device, &stream).during("allocating zero bytes")?;
+    let empty = device
+        .allocate(0, MemoryKind::Device, &stream)
+        .during("allocating zero bytes")?;
     ensure!(device.export(&empty).is_err(), "a zero-size buffer was exported");
     if device.capabilities().contains(Capabilities::MANAGED) {
         let managed = device
@@ -131,7 +149,9 @@ fn import_drop_keeps_exporter<B: Backend>(ctx: &Context<B>) -> Result<(), Failur
     drop(first);
     let kept = read_back::<B>(&stream, &buffer, 0, data.len())?;
     ensure_bytes(&kept, &data, "the exporter's buffer after the import was dropped")?;
-    stream.fill(&buffer, 0, 16, 0x5c).during("the exporter still writing its buffer")?;
+    stream
+        .fill(&buffer, 0, 16, 0x5c)
+        .during("the exporter still writing its buffer")?;
     let second = device.import_shared(&handle).during("importing again")?;
     let again = read_back::<B>(&stream, &second, 0, 16)?;
     ensure_bytes(&again, &[0x5c; 16], "a second import of the same handle")
