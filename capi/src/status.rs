@@ -101,7 +101,10 @@ impl GpuhalStatus {
             Error::Native { .. } | Error::Injected(_) => GpuhalStatus::Native,
             Error::Unsupported { .. } => GpuhalStatus::Unsupported,
             Error::InvalidArgument { .. } | Error::OutOfBounds { .. } => GpuhalStatus::InvalidArgument,
-            Error::ForeignHandle { .. } | Error::BackendMismatch { .. } => GpuhalStatus::Foreign,
+            // Memory of a device this one was given no access to: another device's handle.
+            Error::ForeignHandle { .. } | Error::BackendMismatch { .. } | Error::PeerAccess { .. } => {
+                GpuhalStatus::Foreign
+            }
             Error::UseAfterFree { .. } | Error::DoubleFree { .. } | Error::Race { .. } => GpuhalStatus::Misuse,
             Error::FenceRegressed { .. } => GpuhalStatus::FenceRegressed,
             Error::Timeout { .. } => GpuhalStatus::Timeout,
@@ -111,6 +114,8 @@ impl GpuhalStatus {
             Error::ImportRefused { .. } => GpuhalStatus::ImportRefused,
             // A trace file that cannot be created or read: the path the caller gave.
             Error::Trace { .. } => GpuhalStatus::InvalidArgument,
+            // A socket that failed or carried something else than a handle.
+            Error::Transfer { .. } => GpuhalStatus::InvalidArgument,
             _ => GpuhalStatus::Internal,
         }
     }

@@ -232,6 +232,16 @@ pub enum Error {
     #[error("injected fault: {0}")]
     Injected(String),
 
+    /// Sending or receiving a shared memory handle over a socket failed.
+    #[error("{context}: {source}")]
+    Transfer {
+        /// What was being sent or received.
+        context: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Reading or writing an allocation trace failed.
     #[error("trace {context}: {source}")]
     Trace {

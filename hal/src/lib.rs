@@ -23,6 +23,8 @@
 mod backend;
 mod error;
 pub mod event_pool;
+#[cfg(unix)]
+pub mod handle_transfer;
 pub mod host_mapping;
 mod hot_lock;
 pub mod pool;

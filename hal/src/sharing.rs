@@ -10,6 +10,11 @@
 //! [`Device::import_shared`](crate::Device::import_shared) turns the handle back into a
 //! [`SharedImport`], a region the importer's streams use like any other.
 //!
+//! The handle crosses to another process with
+//! [`handle_transfer::send_shared`](crate::handle_transfer::send_shared) and
+//! [`receive_shared`](crate::handle_transfer::receive_shared) over a Unix socket (the
+//! pool's file descriptor as `SCM_RIGHTS`).
+//!
 //! Ordering between the two sides goes through an interprocess event made with
 //! [`Device::shared_event`](crate::Device::shared_event) and opened on the other side
 //! with [`Device::import_event`](crate::Device::import_event): one side records it after
