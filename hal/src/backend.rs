@@ -214,7 +214,8 @@ pub trait Device<B: Backend<Device = Self>>: Send + Sync + Sized {
 
     /// A new interprocess event (no timing) and its handle for the other side. Record
     /// and wait on it as on any event; the other side opens it with
-    /// [`import_event`](Self::import_event). Not drawn from the event pool.
+    /// [`import_event`](Self::import_event). Not drawn from the event pool. The event
+    /// returned here must outlive every event opened from its handle.
     fn shared_event(&self) -> Result<(B::Event, SharedEvent)> {
         Err(Error::Unsupported {
             operation: "shared_event",

@@ -34,6 +34,15 @@
 //! exportable pools (memory imported with `cuMemPoolImportPointer` must be freed in every
 //! importer before the exporter frees it), which no library can enforce across processes
 //! without a protocol of its own.
+//!
+//! The same holds for interprocess events: the side that made one with
+//! [`Device::shared_event`](crate::Device::shared_event) keeps it until every side that
+//! opened it has dropped its event (CUDA: using an opened event after the original was
+//! destroyed is undefined behaviour).
+//!
+//! Drivers may refuse to open a handle in the process that exported it (CUDA's
+//! interprocess handles are made for other processes); the mock opens them in-process,
+//! between the devices of one machine.
 
 use crate::types::{AsRegion, Region};
 
