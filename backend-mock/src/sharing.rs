@@ -98,16 +98,22 @@ impl Drop for Release {
     }
 }
 
-pub(crate) fn import(state: &Arc<DeviceState>, handle: &SharedMemory) -> Result<SharedImport> {
-    const OPERATION: &str = "import_shared";
-    needs_ipc(state, OPERATION)?;
-    if handle.backend != "mock" {
+/// Refuses `operation` on a device without `IPC`, or for a handle another backend made.
+fn takes_handle(state: &DeviceState, operation: &'static str, backend: &'static str) -> Result<()> {
+    needs_ipc(state, operation)?;
+    if backend != "mock" {
         return Err(Error::BackendMismatch {
-            operation: OPERATION,
+            operation,
             expected: "mock",
-            found: handle.backend,
+            found: backend,
         });
     }
+    Ok(())
+}
+
+pub(crate) fn import(state: &Arc<DeviceState>, handle: &SharedMemory) -> Result<SharedImport> {
+    const OPERATION: &str = "import_shared";
+    takes_handle(state, OPERATION, handle.backend)?;
     let machine = &state.machine;
     let foreign = || {
         Error::invalid(
@@ -185,14 +191,7 @@ pub(crate) fn shared_event(state: &Arc<DeviceState>) -> Result<(MockEvent, Share
 
 pub(crate) fn import_event(state: &Arc<DeviceState>, handle: &SharedEvent) -> Result<MockEvent> {
     const OPERATION: &str = "import_event";
-    needs_ipc(state, OPERATION)?;
-    if handle.backend != "mock" {
-        return Err(Error::BackendMismatch {
-            operation: OPERATION,
-            expected: "mock",
-            found: handle.backend,
-        });
-    }
+    takes_handle(state, OPERATION, handle.backend)?;
     let slot = data_token(&handle.data, state.machine.id)
         .and_then(|token| state.machine.shared_event(token))
         .ok_or_else(|| {

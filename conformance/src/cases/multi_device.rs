@@ -60,18 +60,42 @@ fn peers<B: Backend>(ctx: &Context<B>) -> Result<(B::Device, B::Device), Failure
     Ok((a, b))
 }
 
-fn peer_copy_needs_access<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
-    let (a, b) = peers(ctx)?;
+/// A stream on each device and a buffer of `len` bytes on each: `on_b`'s buffer is the
+/// source the cases copy from, `on_a`'s the target.
+struct PeerBuffers<B: Backend> {
+    on_a: B::Stream,
+    on_b: B::Stream,
+    source: gpuhal_hal::Buffer<B>,
+    target: gpuhal_hal::Buffer<B>,
+}
+
+fn peer_buffers<B: Backend>(a: &B::Device, b: &B::Device, len: u64) -> Result<PeerBuffers<B>, Failure> {
     let on_a = a.create_stream().during("creating a stream on the first device")?;
     let on_b = b.create_stream().during("creating a stream on the second device")?;
-    let len = MIB;
-    let data = pattern(len as usize, 61);
     let source = b
         .allocate(len, MemoryKind::Device, &on_b)
         .during("allocating on the second device")?;
     let target = a
         .allocate(len, MemoryKind::Device, &on_a)
         .during("allocating on the first device")?;
+    Ok(PeerBuffers {
+        on_a,
+        on_b,
+        source,
+        target,
+    })
+}
+
+fn peer_copy_needs_access<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let (a, b) = peers(ctx)?;
+    let len = MIB;
+    let data = pattern(len as usize, 61);
+    let PeerBuffers {
+        on_a,
+        on_b,
+        source,
+        target,
+    } = peer_buffers::<B>(&a, &b, len)?;
     on_b.write(&source, 0, &data).during("writing the source")?;
     on_b.synchronize().during("synchronizing the second device's stream")?;
     let err = expect_error!(
@@ -96,14 +120,12 @@ fn peer_copy_needs_access<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 
 fn one_directional<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let (a, b) = peers(ctx)?;
-    let on_a = a.create_stream().during("creating a stream on the first device")?;
-    let on_b = b.create_stream().during("creating a stream on the second device")?;
-    let theirs = b
-        .allocate(4096, MemoryKind::Device, &on_b)
-        .during("allocating on the second device")?;
-    let ours = a
-        .allocate(4096, MemoryKind::Device, &on_a)
-        .during("allocating on the first device")?;
+    let PeerBuffers {
+        on_a,
+        on_b,
+        source: theirs,
+        target: ours,
+    } = peer_buffers::<B>(&a, &b, 4096)?;
     on_a.fill(&ours, 0, 4096, 1)
         .during("filling the first device's buffer")?;
     on_b.fill(&theirs, 0, 4096, 2)
@@ -166,16 +188,14 @@ fn cross_device_event<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 fn cross_device_copy_order<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
     let (a, b) = peers(ctx)?;
     a.enable_peer_access(&b).during("enabling peer access")?;
-    let on_a = a.create_stream().during("creating a stream on the first device")?;
-    let on_b = b.create_stream().during("creating a stream on the second device")?;
     let len = MIB;
     let first = pattern(len as usize, 71);
-    let source = b
-        .allocate(len, MemoryKind::Device, &on_b)
-        .during("allocating on the second device")?;
-    let target = a
-        .allocate(len, MemoryKind::Device, &on_a)
-        .during("allocating on the first device")?;
+    let PeerBuffers {
+        on_a,
+        on_b,
+        source,
+        target,
+    } = peer_buffers::<B>(&a, &b, len)?;
     on_b.write(&source, 0, &first).during("writing the source")?;
     let written = b.event(false).during("an event of the second device")?;
     written.record(&on_b).during("recording after the write")?;
