@@ -1,9 +1,11 @@
 //! A pool of native events, so that steady-state recording creates none.
 //!
-//! The hot path (acquire an event, drop it) takes one uncontended lock each way and moves
-//! no reference count: atomic read-modify-writes are what it costs, and an `Arc` clone and
-//! drop per loan were a tenth to a fifth of the pool's time on the hosts measured. The
-//! layout below is what lets a loan skip the count:
+//! The hot path (acquire an event, drop it) takes the flavour's idle-list lock each way
+//! and moves no reference count: atomic read-modify-writes are what it would cost, and an
+//! `Arc` clone and drop per loan were a tenth to a fifth of the pool's time on the hosts
+//! measured. The lock is a biased `HotLock`, which the thread that uses the pool takes with
+//! no read-modify-write either once the lock has settled on it. The layout below is what
+//! lets a loan skip the count:
 //!
 //! - Each native event is paired, for its whole life, with one counted reference to the
 //!   pool's core (`Homed`). The pair moves whole between an idle list and a loan, so a
@@ -21,8 +23,9 @@
 //!   last goes, it closes the lists and destroys the idle events, which breaks the cycle.
 //!   An event still on loan then is destroyed when it is dropped.
 //! - Every idle event is in the shared lists, none in a per-thread cache: stats and
-//!   `trim` stay exact from any thread, which a cache that another thread's `trim` could
-//!   empty would only allow behind a lock or an atomic of its own, costing what it saves.
+//!   `trim` stay exact from any thread. What a per-thread cache would save (the lock's
+//!   read-modify-write) the biased lock saves instead; another thread's `trim` or `stats`
+//!   revokes the bias, which costs that call a process-wide barrier.
 //!   The acquisition count lives under the flavour's list lock, taken anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};

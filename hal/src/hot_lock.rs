@@ -32,7 +32,7 @@
 //! shard) takes the inner lock, and a thread that owns the bias of the lock it takes that
 //! way needs no revocation, since no other thread can be inside by the fast path.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{compiler_fence, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -62,42 +62,68 @@ static SLOTS: [Slot; SLOT_COUNT] = [const { Slot(AtomicUsize::new(0)) }; SLOT_CO
 /// Slots of exited threads, for new threads to reuse, and the next never-used one.
 static FREE_SLOTS: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 1));
 
-/// This thread's slot, returned when the thread exits. A lock biased to an exited
-/// thread's slot is then biased to whichever thread takes the slot next, which is as
-/// good an owner as any: the slot, not the thread, is what the protocol names.
+/// This thread's claim on a slot, returned when the thread exits. A lock biased to an
+/// exited thread's slot is then biased to whichever thread takes the slot next, which is
+/// as good an owner as any: the slot, not the thread, is what the protocol names.
 struct ThreadSlot(usize);
 
 impl ThreadSlot {
     fn claim() -> Self {
-        let mut free = FREE_SLOTS.lock();
-        if let Some(index) = free.0.pop() {
-            return ThreadSlot(index);
+        let index = {
+            let mut free = FREE_SLOTS.lock();
+            match free.0.pop() {
+                Some(index) => index,
+                None if free.1 < SLOT_COUNT => {
+                    free.1 += 1;
+                    free.1 - 1
+                }
+                None => 0,
+            }
+        };
+        if index != 0 {
+            MY_SLOT.with(|slot| slot.set(Some(&SLOTS[index])));
         }
-        if free.1 < SLOT_COUNT {
-            free.1 += 1;
-            return ThreadSlot(free.1 - 1);
-        }
-        ThreadSlot(0)
+        ThreadSlot(index)
     }
 }
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
         if self.0 != 0 {
+            MY_SLOT.with(|slot| slot.set(None));
             FREE_SLOTS.lock().0.push(self.0);
         }
     }
 }
 
 thread_local! {
-    static THREAD_SLOT: ThreadSlot = ThreadSlot::claim();
+    /// The slot of this thread, read on every acquisition: no destructor, so reading it
+    /// is a plain thread-local load.
+    static MY_SLOT: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+    /// The claim behind `MY_SLOT`, whose destructor gives the slot back.
+    static CLAIM: ThreadSlot = ThreadSlot::claim();
 }
 
-/// This thread's slot index, 0 when it has none (slots exhausted, or the thread is
-/// exiting).
+/// The address of this thread's slot (what a lock's owner field holds), 0 when it has
+/// none: not claimed yet (see [`claim_slot`]), slots exhausted, or the thread is exiting.
 #[inline(always)]
 fn my_slot() -> usize {
-    THREAD_SLOT.try_with(|slot| slot.0).unwrap_or(0)
+    MY_SLOT.with(|slot| slot.get().map_or(0, |slot| slot as *const Slot as usize))
+}
+
+/// Claims a slot for this thread if it has none yet; returns [`my_slot`].
+#[cold]
+fn claim_slot() -> usize {
+    // Initialising the claim sets `MY_SLOT`; during thread exit this does nothing.
+    let _ = CLAIM.try_with(|_| ());
+    my_slot()
+}
+
+/// The slot at `address` (a value [`my_slot`] returned).
+fn slot_at(address: usize) -> &'static Slot {
+    let base = SLOTS.as_ptr() as usize;
+    let index = address.wrapping_sub(base) / std::mem::size_of::<Slot>();
+    &SLOTS[index.min(SLOT_COUNT - 1)]
 }
 
 /// Whether the process-wide barrier is available (registered once, on first use).
@@ -204,11 +230,10 @@ impl<T> HotLock<T> {
 
     #[inline(always)]
     pub(crate) fn lock(&self) -> HotGuard<'_, T> {
-        let slot = my_slot();
-        if slot != 0 && self.owner.load(Ordering::Relaxed) == slot {
-            let record = &SLOTS[slot];
+        if let Some(record) = MY_SLOT.with(Cell::get) {
+            let slot = record as *const Slot as usize;
             // Not inside another lock by the fast path (the record holds one lock).
-            if record.0.load(Ordering::Relaxed) == 0 {
+            if self.owner.load(Ordering::Relaxed) == slot && record.0.load(Ordering::Relaxed) == 0 {
                 // Release: a revoking thread that reads a later record (this thread inside
                 // another lock) still sees what this thread did inside `self` before.
                 record.0.store(self.address(), Ordering::Release);
@@ -224,19 +249,36 @@ impl<T> HotLock<T> {
                 record.0.store(0, Ordering::Release);
             }
         }
-        self.lock_slow(slot)
+        self.lock_slow()
     }
 
     #[cold]
     #[inline(never)]
-    fn lock_slow(&self, slot: usize) -> HotGuard<'_, T> {
+    fn lock_slow(&self) -> HotGuard<'_, T> {
+        let slot = match my_slot() {
+            0 => claim_slot(),
+            slot => slot,
+        };
         let mut guard = self.inner.lock();
         let owner = self.owner.load(Ordering::Relaxed);
-        if owner != 0 && owner != slot {
+        // The owner itself comes this way when it is inside another lock by the fast path
+        // (nesting): it cannot be inside this one by the fast path too, so it needs no
+        // revocation, only to keep its own fast path shut until it leaves (restored on
+        // leaving), so that a re-entrant acquisition blocks as on a plain lock.
+        let restore = owner != 0 && owner == slot;
+        if restore {
+            self.owner.store(0, Ordering::Relaxed);
+        } else if owner != 0 {
             self.revoke(owner, &mut guard);
         }
-        // The owner itself coming this way (nested, or after a revocation it lost to)
-        // cannot be inside by the fast path: no revocation needed.
+        if restore {
+            // Re-entry from inside this very lock by the fast path: wait, as a plain lock
+            // would (forever), rather than hand out a second guard.
+            let record = &slot_at(slot).0;
+            while record.load(Ordering::Acquire) == self.address() {
+                std::thread::yield_now();
+            }
+        }
         let bias = &mut *guard;
         if slot != 0 && bias.candidate == slot {
             bias.streak = bias.streak.saturating_add(1);
@@ -244,11 +286,8 @@ impl<T> HotLock<T> {
             bias.candidate = slot;
             bias.streak = 1;
         }
-        let bias_to = if slot != 0
-            && !bias.disabled
-            && bias.streak >= bias.threshold
-            && self.owner.load(Ordering::Relaxed) != slot
-            && barrier_available()
+        let bias_to = if restore
+            || (slot != 0 && !bias.disabled && bias.streak >= bias.threshold && barrier_available())
         {
             slot
         } else {
@@ -273,7 +312,7 @@ impl<T> HotLock<T> {
             bias.disabled = true;
             std::sync::atomic::fence(Ordering::SeqCst);
         }
-        let record = &SLOTS[owner].0;
+        let record = &slot_at(owner).0;
         while record.load(Ordering::Acquire) == self.address() {
             std::thread::yield_now();
         }
@@ -410,10 +449,17 @@ mod tests {
                 *a2.lock() += 1;
                 *b2.lock() += 1;
             }
-            let mut outer = a2.lock();
-            let mut inner = b2.lock();
-            *outer += 1;
-            *inner += 1;
+            let biased = super::barrier_available();
+            assert_eq!(a2.biased_to_me() && b2.biased_to_me(), biased);
+            {
+                let mut outer = a2.lock();
+                let mut inner = b2.lock();
+                *outer += 1;
+                *inner += 1;
+            }
+            // The inner, slow acquisition gave the bias back on leaving.
+            assert_eq!(b2.biased_to_me(), biased);
+            assert_eq!(b2.revocations(), 0);
         })
         .join()
         .unwrap();

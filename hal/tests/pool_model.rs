@@ -4,7 +4,7 @@
 //! follows native allocations too (through [`Recording`]): every live buffer lies inside
 //! one of them at the offset it claims, live buffers never overlap (pieces of one native
 //! allocation included), and only native allocations with nothing live or pending are
-//! released. The release rule is followed too: a miss releases an idle native
+//! released. Ops run on several threads in turn (see [`run_on_threads`]). The release rule is followed too: a miss releases an idle native
 //! allocation only when reserved memory would pass peak live + the reserve floor, or,
 //! below that, when `release_after_misses` misses have passed since it was last busy.
 
@@ -74,6 +74,10 @@ enum Op {
     Finish { stream: usize },
     Trim,
     CacheLimit(Option<u64>),
+    /// Allocate and drop `count` times on one stream: enough for the thread running it to
+    /// take the stream cache's lock by its fast path (the lock biases to a thread that
+    /// takes it repeatedly), so that the next op from another thread has to revoke that.
+    Burst { size: u64, stream: usize, count: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,6 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..STREAMS).prop_map(|stream| Op::Finish { stream }),
         1 => Just(Op::Trim),
         1 => prop_oneof![Just(None), (0u64..(32 << 20)).prop_map(Some)].prop_map(Op::CacheLimit),
+        1 => (1u64..(1 << 20), 0..STREAMS, 20usize..60).prop_map(|(size, stream, count)| Op::Burst { size, stream, count }),
     ]
 }
 
@@ -296,6 +301,40 @@ impl Harness {
                 }
                 prop_assert_eq!(after.cached_bytes, unreleasable);
             }
+            Op::Burst { size, stream, count } => {
+                let before = self.allocator.stats();
+                let mut served = 0u64;
+                for _ in 0..count {
+                    match self.allocator.allocate(size, MemoryKind::Device, &self.caches[stream]) {
+                        Ok(buffer) => {
+                            served += 1;
+                            let (start, end) = (buffer.address(), buffer.address() + buffer.reserved_len());
+                            for held in self.held.iter().filter(|h| h.start < end && start < h.end) {
+                                for &(s, ticket) in &held.waits_for {
+                                    prop_assert!(self.finished[s] >= ticket, "a burst reused {:#x} too early", start);
+                                }
+                            }
+                            self.held.retain(|h| !(h.start < end && start < h.end));
+                        }
+                        Err(err) => {
+                            prop_assert!(err.is_out_of_memory(), "unexpected error {err}");
+                            // A refusal ticks the pool's clock but counts as no miss.
+                            self.misses += 1;
+                            break;
+                        }
+                    }
+                }
+                let after = self.allocator.stats();
+                let hits = after.cache_hits - before.cache_hits;
+                let misses = after.cache_misses - before.cache_misses;
+                prop_assert_eq!(hits + misses, served, "every allocation counts as a hit or a miss");
+                // With no cache limit releasing the block between rounds, only the first
+                // round can miss.
+                if self.allocator.config().cache_limit.is_none() {
+                    prop_assert!(misses <= 1, "a burst missed {} times", misses);
+                }
+                self.misses += misses;
+            }
             Op::CacheLimit(limit) => {
                 self.allocator.set_cache_limit(limit);
                 if let Some(limit) = limit {
@@ -415,26 +454,73 @@ impl Harness {
     }
 }
 
+/// Threads the ops run on, one at a time: the model stays sequential, while the stream
+/// caches' locks move between threads (a buffer allocated on one thread is dropped on
+/// another, `trim` and `stats` run on a third while a worker holds a lock's bias), and
+/// the workers exit at the end of each case with biases still pointing at them.
+const THREADS: usize = 4;
+
+/// Runs `ops` on `harness`, each on the worker thread it names.
+fn run_on_threads(harness: Harness, ops: Vec<(usize, Op)>) -> Result<Harness, TestCaseError> {
+    type Job = (Box<Harness>, Op);
+    type Done = (Box<Harness>, Result<(), TestCaseError>);
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+        let workers: Vec<std::sync::mpsc::Sender<Job>> = (0..THREADS)
+            .map(|_| {
+                let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+                let done_tx = done_tx.clone();
+                scope.spawn(move || {
+                    for (mut harness, op) in job_rx {
+                        let trace = std::env::var_os("POOL_MODEL_TRACE").is_some();
+                        if trace {
+                            eprintln!("{op:?}");
+                        }
+                        let result = harness.apply(op);
+                        if trace {
+                            let s = harness.allocator.stats();
+                            eprintln!("   cached {} pending {} live {}", s.cached_bytes, s.pending_count, s.live_count);
+                        }
+                        if done_tx.send((harness, result)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                job_tx
+            })
+            .collect();
+        let mut harness = Box::new(harness);
+        for (thread, op) in ops {
+            workers[thread % THREADS]
+                .send((harness, op))
+                .map_err(|_| TestCaseError::fail("a worker thread is gone"))?;
+            let (back, result) = done_rx
+                .recv()
+                .map_err(|_| TestCaseError::fail("a worker thread panicked"))?;
+            harness = back;
+            result?;
+        }
+        Ok(*harness)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn pool_matches_model(
-        ops in proptest::collection::vec(op(), 1..200),
+        ops in proptest::collection::vec((0..THREADS, op()), 1..200),
         reserve_floor in prop_oneof![Just(0u64), Just(1u64 << 20), Just(16u64 << 20), Just(1u64 << 30)],
         release_after_misses in prop_oneof![Just(0u64), Just(1u64), Just(4u64)],
     ) {
-        let mut harness = Harness::new(PoolConfig {
+        let harness = Harness::new(PoolConfig {
             reserve_floor,
             release_after_misses,
             ..PoolConfig::default()
         });
-        for op in ops {
-            if std::env::var_os("POOL_MODEL_TRACE").is_some() { eprintln!("{op:?}"); }
-            harness.apply(op)?;
-            if std::env::var_os("POOL_MODEL_TRACE").is_some() { let s = harness.allocator.stats(); eprintln!("   cached {} pending {} live {}", s.cached_bytes, s.pending_count, s.live_count); }
-        }
-        // Everything returns after drop, the streams finishing, and trim.
+        let mut harness = run_on_threads(harness, ops)?;
+        // Everything returns after drop (here, on yet another thread), the streams
+        // finishing, and trim.
         harness.live.clear();
         for native in &harness.natives {
             native.finish();
