@@ -232,8 +232,10 @@ impl<T> HotLock<T> {
     pub(crate) fn lock(&self) -> HotGuard<'_, T> {
         if let Some(record) = MY_SLOT.with(Cell::get) {
             let slot = record as *const Slot as usize;
-            // Not inside another lock by the fast path (the record holds one lock).
-            if self.owner.load(Ordering::Relaxed) == slot && record.0.load(Ordering::Relaxed) == 0 {
+            // Not inside another lock by the fast path (the record holds one lock). Whether
+            // this thread owns the lock is read once, after the record is written: a
+            // thread that does not only writes its own record and takes it back.
+            if record.0.load(Ordering::Relaxed) == 0 {
                 // Release: a revoking thread that reads a later record (this thread inside
                 // another lock) still sees what this thread did inside `self` before.
                 record.0.store(self.address(), Ordering::Release);
@@ -286,13 +288,12 @@ impl<T> HotLock<T> {
             bias.candidate = slot;
             bias.streak = 1;
         }
-        let bias_to = if restore
-            || (slot != 0 && !bias.disabled && bias.streak >= bias.threshold && barrier_available())
-        {
-            slot
-        } else {
-            0
-        };
+        let bias_to =
+            if restore || (slot != 0 && !bias.disabled && bias.streak >= bias.threshold && barrier_available()) {
+                slot
+            } else {
+                0
+            };
         HotGuard {
             lock: self,
             how: Held::Slow { _inner: guard, bias_to },
@@ -409,7 +410,7 @@ mod tests {
                     start.wait();
                     for round in 0..200u64 {
                         // Long runs (the bias settles) alternating with single takes.
-                        let run = if (round + t as u64) % 3 == 0 { 200 } else { 1 };
+                        let run = if (round + t as u64).is_multiple_of(3) { 200 } else { 1 };
                         for _ in 0..run {
                             let mut state = lock.lock();
                             if state.1 {

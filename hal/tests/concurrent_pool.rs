@@ -44,7 +44,8 @@ fn threads_allocating_dropping_across_threads_and_trimming_keep_the_pool_exact()
         .collect();
     let live: Arc<LiveRanges> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..WORKERS).map(|_| mpsc::channel::<Buffer<CountingMemory>>()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..WORKERS).map(|_| mpsc::channel::<Buffer<CountingMemory>>()).unzip();
 
     let trimmer = {
         let (allocator, done) = (allocator.clone(), done.clone());

@@ -67,17 +67,34 @@ const CAPACITY: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Alloc { size: u64, kind: usize, stream: usize },
-    Free { index: usize },
-    RecordUse { index: usize, stream: usize },
-    Submit { stream: usize },
-    Finish { stream: usize },
+    Alloc {
+        size: u64,
+        kind: usize,
+        stream: usize,
+    },
+    Free {
+        index: usize,
+    },
+    RecordUse {
+        index: usize,
+        stream: usize,
+    },
+    Submit {
+        stream: usize,
+    },
+    Finish {
+        stream: usize,
+    },
     Trim,
     CacheLimit(Option<u64>),
     /// Allocate and drop `count` times on one stream: enough for the thread running it to
     /// take the stream cache's lock by its fast path (the lock biases to a thread that
     /// takes it repeatedly), so that the next op from another thread has to revoke that.
-    Burst { size: u64, stream: usize, count: usize },
+    Burst {
+        size: u64,
+        stream: usize,
+        count: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -479,7 +496,10 @@ fn run_on_threads(harness: Harness, ops: Vec<(usize, Op)>) -> Result<Harness, Te
                         let result = harness.apply(op);
                         if trace {
                             let s = harness.allocator.stats();
-                            eprintln!("   cached {} pending {} live {}", s.cached_bytes, s.pending_count, s.live_count);
+                            eprintln!(
+                                "   cached {} pending {} live {}",
+                                s.cached_bytes, s.pending_count, s.live_count
+                            );
                         }
                         if done_tx.send((harness, result)).is_err() {
                             return;
