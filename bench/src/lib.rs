@@ -133,11 +133,12 @@ pub fn run_suite<B: Backend>(
 /// Groups rows by benchmark (native baselines beside gpuhal's rows), keeping run order
 /// inside a group.
 fn sort_rows(report: &mut Report) {
-    const ORDER: [&str; 10] = [
+    const ORDER: [&str; 11] = [
         "cache-hit",
         "churn",
         "handoff",
         "threads",
+        "cross-thread",
         "events",
         "fence",
         "graph",

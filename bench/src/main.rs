@@ -36,7 +36,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         device: u32,
         /// Run only the benchmarks whose names contain one of these (comma-separated):
-        /// pool, cache-hit, churn, thread, events, fences, graph replay, graph memory,
+        /// pool, cache-hit, churn, thread, cross-thread, events, fences, graph replay, graph memory,
         /// bandwidth, trace.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -23,6 +23,8 @@ pub const CHURN_SIZES: (u64, u64) = (512, 16 << 20);
 pub const CHURN_RECURRING: usize = 64;
 /// Thread counts of the scaling benchmark.
 pub const THREAD_COUNTS: [usize; 3] = [1, 2, 8];
+/// Buffers the producer of the cross-thread benchmark hands to its consumer at a time.
+pub const CROSS_THREAD_BATCH: usize = 64;
 /// Live buffers in the memory report benchmark.
 pub const REPORT_LIVE: usize = 10_000;
 /// Operations per graph in the graph benchmark.
@@ -111,10 +113,11 @@ pub fn run<B: Backend>(
     options: &SuiteOptions,
     report: &mut Report,
 ) -> Result<()> {
-    let steps: [Step; 8] = [
+    let steps: [Step; 9] = [
         ("cache-hit", &|r| cache_hit::<B>(device, settings, r)),
         ("churn", &|r| churn::<B>(device, settings, r)),
         ("thread scaling", &|r| thread_scaling::<B>(device, settings, r)),
+        ("cross-thread", &|r| cross_thread::<B>(device, settings, r)),
         ("events", &|r| events::<B>(device, settings, r)),
         ("graph replay", &|r| graph_replay::<B>(device, settings, r)),
         ("graph memory", &|r| graph_memory::<B>(device, r)),
@@ -417,6 +420,67 @@ fn thread_scaling<B: Backend>(device: &B::Device, settings: &Settings, report: &
     Ok(())
 }
 
+/// Allocates 512 B buffers on one thread and drops them on another, through the device.
+fn cross_thread<B: Backend>(device: &B::Device, settings: &Settings, report: &mut Report) -> Result<()> {
+    let stream = device.create_stream()?;
+    drop(device.allocate(512, MemoryKind::Device, &stream)?);
+    let summary = cross_thread_pairs(settings, || {
+        device.allocate(black_box(512), MemoryKind::Device, &stream)
+    })
+    .context("allocating on one thread and dropping on another")?;
+    report.measured(
+        "xthread.gpuhal",
+        "cross-thread",
+        &format!("gpuhal, allocate 512 B on one thread, drop on another, batches of {CROSS_THREAD_BATCH}"),
+        "ns/pair",
+        summary,
+    );
+    stream.synchronize()?;
+    Ok(())
+}
+
+/// A producer (this thread) fills batches of [`CROSS_THREAD_BATCH`] buffers from
+/// `allocate` and hands each to a consumer thread, which drops it, as a loader thread
+/// handing tensors to a training thread does: every buffer goes back to its stream's cache
+/// from a thread other than the one that took it out. Returns ns per allocate + drop pair,
+/// timed until the consumer has dropped the last batch of a run.
+fn cross_thread_pairs<T: Send>(settings: &Settings, allocate: impl Fn() -> gpuhal_hal::Result<T>) -> Result<Summary> {
+    let batches = settings.iterations(200_000).div_ceil(CROSS_THREAD_BATCH);
+    // `None` ends a run; the consumer answers it once everything before it is dropped.
+    let (to_consumer, incoming) = std::sync::mpsc::sync_channel::<Option<Vec<T>>>(4);
+    let (dropped_all, run_done) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Ok(message) = incoming.recv() {
+                match message {
+                    Some(batch) => drop(batch),
+                    None => {
+                        if dropped_all.send(()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let gone = || anyhow!("the consumer thread stopped");
+        let summary = ns_per_op(settings, batches, CROSS_THREAD_BATCH, |n| {
+            let start = Instant::now();
+            for _ in 0..n {
+                let batch = (0..CROSS_THREAD_BATCH)
+                    .map(|_| allocate())
+                    .collect::<gpuhal_hal::Result<Vec<T>>>()?;
+                to_consumer.send(Some(batch)).map_err(|_| gone())?;
+            }
+            to_consumer.send(None).map_err(|_| gone())?;
+            run_done.recv().map_err(|_| gone())?;
+            Ok::<_, anyhow::Error>(start.elapsed())
+        });
+        // Ends the consumer's loop.
+        drop(to_consumer);
+        summary
+    })
+}
+
 /// The same over the pool alone (counting native memory): separates the pool's scaling from
 /// the backend's.
 pub fn pool_alone_thread_rows(settings: &Settings, report: &mut Report) -> Result<()> {
@@ -437,6 +501,16 @@ pub fn pool_alone_thread_rows(settings: &Settings, report: &mut Report) -> Resul
             summary,
         );
     }
+    let (_allocator, cache) = pool_alone();
+    drop(cache.allocate(512, MemoryKind::Device)?);
+    let summary = cross_thread_pairs(settings, || cache.allocate(black_box(512), MemoryKind::Device))?;
+    report.measured(
+        "xthread.pool",
+        "cross-thread",
+        &format!("pool alone, allocate 512 B on one thread, drop on another, batches of {CROSS_THREAD_BATCH}"),
+        "ns/pair",
+        summary,
+    );
     Ok(())
 }
 
@@ -1100,5 +1174,19 @@ mod tests {
         assert!(report.median("hit.pool.512").is_some());
         assert!(report.median("hit.floor.locks").is_some());
         assert!(report.median("churn.pool.random").is_some());
+    }
+
+    #[test]
+    fn cross_thread_pairs_return_every_buffer_to_the_pool() {
+        let settings = Settings {
+            smoke: true,
+            ..Settings::default()
+        };
+        let (allocator, cache) = pool_alone();
+        let summary = cross_thread_pairs(&settings, || cache.allocate(512, MemoryKind::Device)).unwrap();
+        assert!(summary.median > 0.0);
+        let stats = allocator.stats();
+        assert_eq!(stats.live_count, 0, "the consumer dropped every buffer it was handed");
+        assert!(stats.cache_hits > 0, "dropped buffers came back for reuse");
     }
 }
