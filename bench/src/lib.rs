@@ -70,6 +70,7 @@ pub fn run_suite<B: Backend>(
     trace: Option<&Path>,
 ) -> Result<Report> {
     let mut report = Report::new("suite", settings.smoke);
+    eprintln!("gpuhal-bench: {}", suite::lock_note());
     if settings.wants("pool alone") {
         eprintln!("gpuhal-bench: caching pool alone …");
         suite::pool_alone_rows(settings, &mut report)?;

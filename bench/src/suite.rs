@@ -152,7 +152,14 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
             Ok::<_, anyhow::Error>(start.elapsed())
         })?;
         let label = format!("caching pool alone (no-op native), {words}");
-        report.measured(&format!("hit.pool.{suffix}"), "cache-hit", &label, "ns/pair", summary);
+        report.measured_with_note(
+            &format!("hit.pool.{suffix}"),
+            "cache-hit",
+            &label,
+            "ns/pair",
+            summary,
+            lock_note(),
+        );
     }
     // What a hit pair's two lock round trips (allocate and drop each lock the stream's cache
     // once) cost on a plain spin lock, with nothing else around them. The stream cache's
@@ -199,6 +206,15 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the stream caches' locks were biased to their thread in this process.
+pub fn lock_note() -> String {
+    if gpuhal_hal::locks_biased() {
+        "locks biased to their thread (membarrier available)".into()
+    } else {
+        "locks not biased: membarrier(PRIVATE_EXPEDITED) unavailable, plain spin locks".into()
+    }
 }
 
 /// The cache-hit pair (512 B, pool alone) with a `tracing` subscriber installed whose

@@ -126,6 +126,15 @@ fn slot_at(address: usize) -> &'static Slot {
     &SLOTS[index.min(SLOT_COUNT - 1)]
 }
 
+/// Whether this process biases its hot locks (a stream cache's, an event pool's) to the
+/// thread that keeps taking them, which then takes them with no atomic read-modify-write.
+/// False where Linux's `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` is missing or
+/// refused (not Linux, an old kernel, a sandbox that filters it): every acquisition then
+/// takes a plain spin lock. Registers the process for the barrier on first call.
+pub fn locks_biased() -> bool {
+    barrier_available()
+}
+
 /// Whether the process-wide barrier is available (registered once, on first use).
 fn barrier_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();

@@ -40,6 +40,7 @@ pub use backend::{
     check_device, Backend, Buffer, Device, DeviceInfo, Event, Fence, Graph, GraphExec, GraphPool, HostImport, Stream,
 };
 pub use error::{check_range, Error, NativeError, Result};
+pub use hot_lock::locks_biased;
 pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig, SegmentStrategy};
 pub use report::MemoryReport;
 pub use sharing::{PoolHandle, SharedEvent, SharedImport, SharedMemory};
