@@ -208,10 +208,13 @@ pub fn pool_alone_rows(settings: &Settings, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// The pool-alone hit rows' note where the stream caches' locks are biased to their thread.
+pub const LOCKS_BIASED_NOTE: &str = "locks biased to their thread (membarrier available)";
+
 /// Whether the stream caches' locks were biased to their thread in this process.
 pub fn lock_note() -> String {
     if gpuhal_hal::locks_biased() {
-        "locks biased to their thread (membarrier available)".into()
+        LOCKS_BIASED_NOTE.into()
     } else {
         "locks not biased: membarrier(PRIVATE_EXPEDITED) unavailable, plain spin locks".into()
     }
