@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use crate::error::Context as _;
 use crate::kernels::SmallOpKernels;
 use crate::raw::{self, CUcontext, CUdevice};
+use crate::sharing::Peers;
 
 /// The oldest driver whose entry points the bindings use (CUDA 12.2: location-based
 /// `cuMemAdvise_v2` / `cuMemPrefetchAsync_v2`).
@@ -114,6 +115,8 @@ pub(crate) struct Context {
     device: CUdevice,
     ordinal: u32,
     retired: Mutex<Vec<Retired>>,
+    /// Devices whose memory this context's streams were given access to.
+    peers: Peers,
     /// gpuhal's kernels for small fills and copies; `Err` says why the driver could not
     /// load them (streams then use memset and memcpy for every size).
     small_ops: std::result::Result<SmallOpKernels, NativeError>,
@@ -150,6 +153,7 @@ impl Context {
             device,
             ordinal,
             retired: Mutex::new(Vec::new()),
+            peers: Peers::default(),
             small_ops,
         }))
     }
@@ -220,6 +224,11 @@ impl Context {
                 true
             }
         });
+    }
+
+    /// The devices whose memory this device's streams may use besides its own.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// The raw context handle.

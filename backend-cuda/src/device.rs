@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use gpuhal_hal::{
-    check_device, Advice, AsRegion, CachingAllocator, Capabilities, DeviceId, DeviceInfo, Error, EventStats,
+    check_device, Advice, AsRegion, Buffer, CachingAllocator, Capabilities, DeviceId, DeviceInfo, Error, EventStats,
     HostImport, ImportPolicy, ImportStats, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, PoolConfig, Region,
-    Result, SegmentStrategy,
+    Result, SegmentStrategy, SharedEvent, SharedImport, SharedMemory,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -16,6 +16,7 @@ use crate::event::{CudaEvent, CudaEventPool, CudaEvents};
 use crate::fence::CudaFence;
 use crate::memory::CudaMemory;
 use crate::raw::{self, CUcontext, CUdevice_attribute as A};
+use crate::sharing::Registration;
 use crate::stream::CudaStream;
 use crate::CudaBackend;
 
@@ -126,6 +127,8 @@ pub struct CudaDevice {
     policy: Arc<RwLock<ManagedPolicy>>,
     imports: Mutex<ImportStats>,
     allocator: CachingAllocator<CudaMemory>,
+    sharing: bool,
+    _registration: Registration,
 }
 
 impl CudaDevice {
@@ -138,9 +141,39 @@ impl CudaDevice {
 
     /// Opens device `ordinal` with `config` for its caching allocator.
     pub fn open_with(ordinal: u32, config: PoolConfig) -> Result<CudaDevice> {
+        Self::open_inner(ordinal, config, false)
+    }
+
+    /// Opens device `ordinal` with sharing enabled: [`MemoryKind::Device`] allocations
+    /// come from an exportable memory pool (POSIX file descriptors), so
+    /// [`export`](gpuhal_hal::Device::export) can hand them to other processes. The cache
+    /// works as for [`open_with`](Self::open_with). Needs [`Capabilities::IPC`] and
+    /// native segments.
+    pub fn open_shared(ordinal: u32, config: PoolConfig) -> Result<CudaDevice> {
+        Self::open_inner(ordinal, config, true)
+    }
+
+    fn open_inner(ordinal: u32, config: PoolConfig, sharing: bool) -> Result<CudaDevice> {
         let ctx = Context::retain(ordinal)?;
         let attributes = DeviceAttributes::read(&ctx)?;
-        let caps = attributes.capabilities();
+        let mut caps = attributes.capabilities();
+        caps.set(
+            Capabilities::IPC,
+            crate::sharing::ipc_supported(&ctx, attributes.memory_pools)?,
+        );
+        caps.set(Capabilities::PEER_ACCESS, crate::sharing::peer_access_possible(&ctx));
+        if sharing && !caps.contains(Capabilities::IPC) {
+            return Err(Error::Unsupported {
+                operation: "open with sharing enabled",
+                needed: Capabilities::IPC,
+            });
+        }
+        if sharing && config.segments == SegmentStrategy::Growable {
+            return Err(Error::invalid(
+                "open with sharing enabled",
+                "memory of growable segments is not exportable: open a sharing device with native segments",
+            ));
+        }
         let name = raw::device_name(ctx.device()).context(|| format!("reading the name of CUDA device {ordinal}"))?;
         let total_memory = raw::device_total_mem(ctx.device())
             .context(|| format!("reading the memory size of CUDA device {ordinal}"))?;
@@ -162,7 +195,9 @@ impl CudaDevice {
             events.clone(),
             policy.clone(),
             caps.contains(Capabilities::MANAGED_ADVICE),
+            sharing,
         )?;
+        let registration = Registration::new(id, ctx.device());
         Ok(CudaDevice {
             info: DeviceInfo {
                 id,
@@ -177,8 +212,16 @@ impl CudaDevice {
             policy,
             imports: Mutex::new(ImportStats::default()),
             allocator: CachingAllocator::with_config(memory, config),
+            sharing,
+            _registration: registration,
             ctx,
         })
+    }
+
+    /// Whether the device was opened with [`open_shared`](Self::open_shared), so its
+    /// device memory can be exported.
+    pub fn sharing_enabled(&self) -> bool {
+        self.sharing
     }
 
     /// The device attributes the capabilities were derived from.
@@ -391,5 +434,29 @@ impl gpuhal_hal::Device<CudaBackend> for CudaDevice {
     fn synchronize(&self) -> Result<()> {
         self.ctx.bind()?;
         raw::ctx_synchronize().context(|| format!("synchronising CUDA device {}", self.ordinal()))
+    }
+
+    fn can_access_peer(&self, peer: &CudaDevice) -> bool {
+        crate::sharing::can_access_peer(self, peer)
+    }
+
+    fn enable_peer_access(&self, peer: &CudaDevice) -> Result<()> {
+        crate::sharing::enable_peer_access(self, peer)
+    }
+
+    fn export(&self, buffer: &Buffer<CudaBackend>) -> Result<SharedMemory> {
+        crate::sharing::export(self, buffer)
+    }
+
+    fn import_shared(&self, handle: &SharedMemory) -> Result<SharedImport> {
+        crate::sharing::import(self, handle)
+    }
+
+    fn shared_event(&self) -> Result<(CudaEvent, SharedEvent)> {
+        crate::sharing::shared_event(self)
+    }
+
+    fn import_event(&self, handle: &SharedEvent) -> Result<CudaEvent> {
+        crate::sharing::import_event(self, handle)
     }
 }

@@ -11,6 +11,7 @@ use gpuhal_hal::{check_device, DeviceId, Error, Result};
 use crate::context::Context;
 use crate::error::Context as _;
 use crate::raw::{self, CUevent};
+use crate::sharing::InterprocessEvent;
 use crate::stream::CudaStream;
 use crate::CudaBackend;
 
@@ -67,9 +68,20 @@ impl NativeEvents for CudaEvents {
 /// The per-device pool type.
 pub(crate) type CudaEventPool = EventPool<CudaEvents>;
 
-/// A pooled event; returns to the device's pool on drop.
+/// Where a [`CudaEvent`]'s native event comes from.
+enum Native {
+    /// The device's pool, where it returns on drop.
+    Pooled(PooledEvent<CudaEvents>),
+    /// An interprocess event, made here or opened from another process's handle;
+    /// destroyed on drop.
+    Interprocess(InterprocessEvent),
+}
+
+/// An event from the device's pool (returned to it on drop), or an interprocess event
+/// ([`Device::shared_event`](gpuhal_hal::Device::shared_event) /
+/// [`import_event`](gpuhal_hal::Device::import_event)), destroyed on drop.
 pub struct CudaEvent {
-    event: PooledEvent<CudaEvents>,
+    event: Native,
     device: DeviceId,
     /// Whether this loan was recorded; a pooled event may carry an older recording.
     recorded: AtomicBool,
@@ -78,15 +90,34 @@ pub struct CudaEvent {
 impl CudaEvent {
     pub(crate) fn new(event: PooledEvent<CudaEvents>, device: DeviceId) -> Self {
         CudaEvent {
-            event,
+            event: Native::Pooled(event),
             device,
             recorded: AtomicBool::new(false),
         }
     }
 
+    /// An interprocess event. It counts as recorded from the start: another process
+    /// may record it at any time, so waits and queries always ask the driver.
+    pub(crate) fn interprocess(event: InterprocessEvent, device: DeviceId) -> Self {
+        CudaEvent {
+            event: Native::Interprocess(event),
+            device,
+            recorded: AtomicBool::new(true),
+        }
+    }
+
     /// The native event.
     pub fn raw(&self) -> CUevent {
-        self.event.raw()
+        match &self.event {
+            Native::Pooled(event) => event.raw(),
+            Native::Interprocess(event) => event.raw(),
+        }
+    }
+
+    /// Whether this is an interprocess event (made by `shared_event` or opened by
+    /// `import_event`).
+    pub fn is_interprocess(&self) -> bool {
+        matches!(self.event, Native::Interprocess(_))
     }
 
     /// The device the event belongs to.
@@ -100,7 +131,10 @@ impl CudaEvent {
     }
 
     fn bind(&self) -> Result<()> {
-        self.event.factory().ctx.bind()
+        match &self.event {
+            Native::Pooled(event) => event.factory().ctx.bind(),
+            Native::Interprocess(event) => event.ctx().bind(),
+        }
     }
 }
 
@@ -108,7 +142,8 @@ impl std::fmt::Debug for CudaEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaEvent")
             .field("device", &self.device)
-            .field("timing", &self.event.has_timing())
+            .field("timing", &gpuhal_hal::Event::has_timing(self))
+            .field("interprocess", &self.is_interprocess())
             .field("recorded", &self.is_recorded())
             .finish()
     }
@@ -169,6 +204,9 @@ impl gpuhal_hal::Event<CudaBackend> for CudaEvent {
     }
 
     fn has_timing(&self) -> bool {
-        self.event.has_timing()
+        match &self.event {
+            Native::Pooled(event) => event.has_timing(),
+            Native::Interprocess(_) => false,
+        }
     }
 }

@@ -36,6 +36,7 @@ mod kernels;
 mod memory;
 mod raw;
 mod segments;
+mod sharing;
 mod stream;
 
 pub use context::{driver_available, driver_version};

@@ -52,6 +52,8 @@ pub struct CudaMemory {
     pool: Option<MemPool>,
     /// Where stream-ordered device memory comes from under [`SegmentStrategy::Growable`].
     segments: Option<GrowableSegments>,
+    /// Whether `pool` is exportable to other processes (a device opened with sharing).
+    exportable: bool,
     events: CudaEventPool,
     policy: Arc<RwLock<ManagedPolicy>>,
     managed_advice: bool,
@@ -69,6 +71,7 @@ impl CudaMemory {
         events: CudaEventPool,
         policy: Arc<RwLock<ManagedPolicy>>,
         managed_advice: bool,
+        exportable: bool,
     ) -> Result<Self> {
         let segments = match strategy {
             SegmentStrategy::Native => None,
@@ -76,8 +79,14 @@ impl CudaMemory {
         };
         let pool = if stream_ordered && segments.is_none() {
             let ordinal = ctx.ordinal();
-            let pool = raw::mem_pool_create(ctx.ordinal_i32())
-                .context(|| format!("creating the memory pool of CUDA device {ordinal}"))?;
+            let pool = if exportable {
+                raw::mem_pool_create_exportable(ctx.ordinal_i32()).context(|| {
+                    format!("creating the exportable (POSIX file descriptor) memory pool of CUDA device {ordinal}")
+                })?
+            } else {
+                raw::mem_pool_create(ctx.ordinal_i32())
+                    .context(|| format!("creating the memory pool of CUDA device {ordinal}"))?
+            };
             let pool = MemPool(pool);
             // gpuhal's cache is the cache: what it gives back to the pool is memory it decided
             // to release, so the pool returns it to the device at the next synchronisation
@@ -94,6 +103,7 @@ impl CudaMemory {
             device,
             pool,
             segments,
+            exportable: exportable && stream_ordered,
             events,
             policy,
             managed_advice,
@@ -135,6 +145,16 @@ impl CudaMemory {
             segments.unmap_released(wait);
         }
         Ok(())
+    }
+
+    /// The exportable pool device memory comes from, on a device opened with sharing.
+    pub(crate) fn exportable_pool(&self) -> Option<CUmemoryPool> {
+        self.pool.as_ref().filter(|_| self.exportable).map(|p| p.0)
+    }
+
+    /// Whether `native` (a [`NativeBlock::native`]) names memory of the stream-ordered pool.
+    pub(crate) fn is_pool_memory(native: u64) -> bool {
+        native == FROM_POOL
     }
 
     /// The raw memory pool handle, if device memory is stream-ordered.

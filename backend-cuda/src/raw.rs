@@ -715,3 +715,162 @@ pub(crate) fn library_present() -> bool {
     // SAFETY: loading the library runs its initialisers, as any use of the driver does first; no symbol is called.
     unsafe { sys::is_culib_present() }
 }
+
+// Sharing with other processes and devices: exportable pools, interprocess events, peer
+// access.
+
+/// A memory pool of pinned device memory on device `ordinal` whose allocations can be
+/// exported to other processes through a POSIX file descriptor.
+pub(crate) fn mem_pool_create_exportable(ordinal: i32) -> NativeResult<CUmemoryPool> {
+    // SAFETY: an all-zero CUmemPoolProps is a valid (empty) value of this plain C struct.
+    let mut props: sys::CUmemPoolProps = unsafe { std::mem::zeroed() };
+    props.allocType = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.handleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    props.location = sys::CUmemLocation {
+        type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+        id: ordinal,
+    };
+    let mut pool: CUmemoryPool = ptr::null_mut();
+    // SAFETY: `props` and the out-pointer are live locals.
+    check("cuMemPoolCreate", unsafe { sys::cuMemPoolCreate(&mut pool, &props) })?;
+    Ok(pool)
+}
+
+/// A new file descriptor for an exportable pool; the caller owns (and closes) it.
+pub(crate) fn mem_pool_export_fd(pool: CUmemoryPool) -> NativeResult<std::os::fd::OwnedFd> {
+    let mut fd: c_int = -1;
+    // SAFETY: for POSIX_FILE_DESCRIPTOR the driver writes an int through the pointer, a live local.
+    check("cuMemPoolExportToShareableHandle", unsafe {
+        sys::cuMemPoolExportToShareableHandle(
+            (&mut fd as *mut c_int).cast(),
+            pool,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    })?;
+    if fd < 0 {
+        return Err(crate::error::native_error(
+            "cuMemPoolExportToShareableHandle",
+            CUresult::CUDA_ERROR_INVALID_HANDLE,
+        ));
+    }
+    // SAFETY: the driver just created `fd` for the caller, and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The export data naming the pool allocation that starts at `dptr`.
+pub(crate) fn mem_pool_export_pointer(dptr: CUdeviceptr) -> NativeResult<[u8; 64]> {
+    // SAFETY: an all-zero export data is a valid value of this plain byte array struct.
+    let mut data: sys::CUmemPoolPtrExportData = unsafe { std::mem::zeroed() };
+    // SAFETY: the out-pointer is a live local; the driver validates `dptr`.
+    check("cuMemPoolExportPointer", unsafe {
+        sys::cuMemPoolExportPointer(&mut data, dptr)
+    })?;
+    Ok(data.reserved)
+}
+
+/// Opens another process's exportable pool from its file descriptor (the descriptor
+/// stays the caller's).
+pub(crate) fn mem_pool_import_fd(fd: std::os::fd::BorrowedFd<'_>) -> NativeResult<CUmemoryPool> {
+    let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let mut pool: CUmemoryPool = ptr::null_mut();
+    // SAFETY: for POSIX_FILE_DESCRIPTOR the handle is the descriptor itself passed as a pointer-sized value; the out-pointer is a live local.
+    check("cuMemPoolImportFromShareableHandle", unsafe {
+        sys::cuMemPoolImportFromShareableHandle(
+            &mut pool,
+            raw_fd as isize as *mut c_void,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    })?;
+    Ok(pool)
+}
+
+/// Maps the allocation `data` names from an imported pool; free it with `mem_free`.
+pub(crate) fn mem_pool_import_pointer(pool: CUmemoryPool, data: &[u8; 64]) -> NativeResult<CUdeviceptr> {
+    let mut export = sys::CUmemPoolPtrExportData { reserved: *data };
+    let mut dptr: CUdeviceptr = 0;
+    // SAFETY: the export data and the out-pointer are live locals; `pool` is a live imported pool.
+    check("cuMemPoolImportPointer", unsafe {
+        sys::cuMemPoolImportPointer(&mut dptr, pool, &mut export)
+    })?;
+    Ok(dptr)
+}
+
+/// Lets device `ordinal` read and write the allocations of `pool`.
+pub(crate) fn mem_pool_set_access(pool: CUmemoryPool, ordinal: i32) -> NativeResult<()> {
+    let access = sys::CUmemAccessDesc {
+        location: sys::CUmemLocation {
+            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: ordinal,
+        },
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    };
+    // SAFETY: `access` is a live local describing one device; `pool` is a live pool.
+    check("cuMemPoolSetAccess", unsafe {
+        sys::cuMemPoolSetAccess(pool, &access, 1)
+    })
+}
+
+/// An event other processes can open (`CU_EVENT_INTERPROCESS`, no timing) and its handle.
+pub(crate) fn ipc_event_create() -> NativeResult<(CUevent, [u8; 64])> {
+    let flags =
+        sys::CUevent_flags::CU_EVENT_INTERPROCESS as c_uint | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as c_uint;
+    let mut event: CUevent = ptr::null_mut();
+    // SAFETY: the out-pointer is a live local.
+    check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
+    // SAFETY: an all-zero handle is a valid value of this plain byte array struct.
+    let mut handle: sys::CUipcEventHandle = unsafe { std::mem::zeroed() };
+    // SAFETY: the out-pointer is a live local; `event` was just created with the interprocess flag.
+    let got = check("cuIpcGetEventHandle", unsafe {
+        sys::cuIpcGetEventHandle(&mut handle, event)
+    });
+    if let Err(err) = got {
+        let _ = event_destroy(event);
+        return Err(err);
+    }
+    Ok((event, handle.reserved.map(|b| b as u8)))
+}
+
+/// Opens an interprocess event from its handle; destroy it with `event_destroy`.
+pub(crate) fn ipc_event_open(data: &[u8; 64]) -> NativeResult<CUevent> {
+    let handle = sys::CUipcEventHandle {
+        reserved: data.map(|b| b as std::ffi::c_char),
+    };
+    let mut event: CUevent = ptr::null_mut();
+    // SAFETY: the out-pointer is a live local; the handle is passed by value and validated by the driver.
+    check("cuIpcOpenEventHandle", unsafe {
+        sys::cuIpcOpenEventHandle(&mut event, handle)
+    })?;
+    Ok(event)
+}
+
+/// Whether `device` can be given access to `peer`'s memory.
+pub(crate) fn device_can_access_peer(device: CUdevice, peer: CUdevice) -> NativeResult<bool> {
+    let mut can: c_int = 0;
+    // SAFETY: the out-pointer is a live local; the driver validates both devices.
+    check("cuDeviceCanAccessPeer", unsafe {
+        sys::cuDeviceCanAccessPeer(&mut can, device, peer)
+    })?;
+    Ok(can != 0)
+}
+
+/// Gives the current context access to `peer`'s memory; already enabled is success.
+pub(crate) fn ctx_enable_peer_access(peer: CUcontext) -> NativeResult<()> {
+    // SAFETY: `peer` is a retained primary context, alive while its owner is.
+    let status = unsafe { sys::cuCtxEnablePeerAccess(peer, 0) };
+    match status {
+        CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(()),
+        other => check("cuCtxEnablePeerAccess", other),
+    }
+}
+
+/// The size of the allocation that starts at `dptr`.
+pub(crate) fn mem_get_address_range(dptr: CUdeviceptr) -> NativeResult<u64> {
+    let (mut base, mut size): (CUdeviceptr, usize) = (0, 0);
+    // SAFETY: the out-pointers are live locals; the driver validates `dptr`.
+    check("cuMemGetAddressRange", unsafe {
+        sys::cuMemGetAddressRange_v2(&mut base, &mut size, dptr)
+    })?;
+    Ok((size as u64).saturating_sub(dptr - base))
+}

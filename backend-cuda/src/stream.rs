@@ -176,6 +176,16 @@ impl CudaStream {
         Ok(region.address + offset)
     }
 
+    /// As [`address`](Self::address), but `region` may also be memory of a peer device
+    /// this stream's device was given access to.
+    fn peer_address(&self, operation: &'static str, region: &Region, offset: u64, len: u64) -> Result<u64> {
+        self.ctx
+            .peers()
+            .check(operation, self.device, self.ctx.device(), region.device)?;
+        check_range(operation, offset, len, region.len)?;
+        Ok(region.address + offset)
+    }
+
     /// Fails with [`Error::CaptureInvalidated`] when the stream is capturing, after ending
     /// the capture and discarding its partial graph, so the stream is usable again.
     /// gpuhal's kernels, when they should carry a fill or copy of `len` bytes: small ops on
@@ -293,8 +303,8 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
 
     fn copy(&self, src: &dyn AsRegion, src_offset: u64, dst: &dyn AsRegion, dst_offset: u64, len: u64) -> Result<()> {
         let (src_region, dst_region) = (src.region(), dst.region());
-        let from = self.address("Stream::copy (source)", &src_region, src_offset, len)?;
-        let to = self.address("Stream::copy (destination)", &dst_region, dst_offset, len)?;
+        let from = self.peer_address("Stream::copy (source)", &src_region, src_offset, len)?;
+        let to = self.peer_address("Stream::copy (destination)", &dst_region, dst_offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -337,7 +347,7 @@ impl gpuhal_hal::Stream<CudaBackend> for CudaStream {
     }
 
     fn wait_event(&self, event: &CudaEvent) -> Result<()> {
-        check_device("Stream::wait_event", "event", self.device, event.device_id())?;
+        crate::sharing::check_event_device("Stream::wait_event", self.device, self.ctx.device(), event.device_id())?;
         if !event.is_recorded() {
             // An event never recorded is complete: nothing to wait for.
             return Ok(());
