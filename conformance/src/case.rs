@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use gpuhal_hal::{Backend, Capabilities, Device, Error};
 
+use crate::importer::ImporterSide;
+
 /// The part of the contract a case checks; the report tallies results by area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +134,7 @@ pub struct Openers<B: Backend> {
     pub(crate) one: Opener<B>,
     pub(crate) pair: Result<PairOpener<B>, String>,
     pub(crate) sharing: Result<Opener<B>, String>,
+    pub(crate) importer: ImporterSide,
 }
 
 impl<B: Backend> Clone for Openers<B> {
@@ -140,6 +143,7 @@ impl<B: Backend> Clone for Openers<B> {
             one: self.one.clone(),
             pair: self.pair.clone(),
             sharing: self.sharing.clone(),
+            importer: self.importer.clone(),
         }
     }
 }
@@ -151,6 +155,7 @@ impl<B: Backend> Openers<B> {
             one: Arc::new(open),
             pair: Err("the runner was given no way to open two devices of one machine".into()),
             sharing: Err("the runner was given no way to open a device with sharing enabled".into()),
+            importer: ImporterSide::Thread,
         }
     }
 
@@ -172,6 +177,19 @@ impl<B: Backend> Openers<B> {
     /// Sharing cases open their device (with sharing enabled) with `open`.
     pub fn with_sharing(mut self, open: impl Fn() -> gpuhal_hal::Result<B::Device> + Send + Sync + 'static) -> Self {
         self.sharing = Ok(Arc::new(open));
+        self
+    }
+
+    /// The importer side of sharing cases runs in a child process: `program` with `args`
+    /// and then `--sharing-importer ROLE --socket PATH`, which must call
+    /// [`serve_importer`](crate::serve_importer). Without this it runs on a thread of
+    /// this process, on the exporter's device (enough for the mock, whose pools are this
+    /// process's memory; drivers may refuse to import in the exporting process).
+    pub fn with_importer_process(mut self, program: impl Into<std::path::PathBuf>, args: Vec<String>) -> Self {
+        self.importer = ImporterSide::Process {
+            program: program.into(),
+            args,
+        };
         self
     }
 
@@ -228,6 +246,24 @@ impl<B: Backend> Context<B> {
             Ok(open) => open().during("opening a device with sharing enabled"),
             Err(reason) => Err(Failure::skip(reason.clone())),
         }
+    }
+}
+
+impl<B: Backend> Context<B> {
+    /// Runs `exporter` here and the importer role named `role` on the other side (a
+    /// thread on `device`, or a child process with a device of its own), connected by the
+    /// socket `exporter` is given. Fails with either side's failure.
+    pub fn with_importer<R>(
+        &self,
+        device: &B::Device,
+        role: &str,
+        exporter: impl FnOnce(&std::os::unix::net::UnixStream) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let found = crate::cases::sharing_roles::<B>()
+            .into_iter()
+            .find(|r| r.name == role)
+            .ok_or_else(|| Failure::new(format!("no importer role {role:?}")))?;
+        crate::importer::with_importer(&self.openers.importer, device, found, exporter)
     }
 }
 

@@ -15,10 +15,12 @@
 
 mod case;
 pub mod cases;
+mod importer;
 mod report;
 mod runner;
 
 pub use case::{Area, Case, Context, Failure, Openers, ResultExt};
+pub use importer::{serve_importer, Role};
 pub use report::{AreaTally, CaseResult, Outcome, Report};
 pub use runner::{run_cases, run_cases_on, run_suite, run_suite_on, run_suite_with, SuiteOptions};
 

@@ -9,6 +9,9 @@
 //! `multi device` cases get; with 1 they are skipped, saying so.
 //! `--segments growable` opens every device with growable virtual-memory segments, so the
 //! whole suite runs over them (mock profiles without the capability are left out).
+//!
+//! On CUDA the importer side of each `sharing` case runs in a child process: the runner
+//! starts itself again with `--sharing-importer ROLE --socket PATH` (an internal mode).
 //! ```
 //!
 //! Exit status: 0 when every selected case passed or was skipped, 1 when any failed, 2 on
@@ -34,6 +37,8 @@ struct Args {
     filter: Option<String>,
     list: bool,
     json: Option<String>,
+    /// The importer role to serve, and the exporter's socket (a child process's mode).
+    importer: Option<(String, String)>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -46,7 +51,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         filter: None,
         list: false,
         json: None,
+        importer: None,
     };
+    let mut role: Option<String> = None;
+    let mut socket: Option<String> = None;
     let mut profile_given = false;
     let mut devices_given = false;
     while let Some(arg) = args.next() {
@@ -89,6 +97,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--filter" => parsed.filter = Some(value("--filter")?),
             "--json" => parsed.json = Some(value("--json")?),
             "--list" => parsed.list = true,
+            "--sharing-importer" => role = Some(value("--sharing-importer")?),
+            "--socket" => socket = Some(value("--socket")?),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -99,6 +109,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     if devices_given && parsed.backend != "mock" {
         return Err("--devices applies to the mock backend only; other backends use the devices they find".to_string());
     }
+    parsed.importer = match (role, socket) {
+        (Some(role), Some(socket)) => Some((role, socket)),
+        (None, None) => None,
+        _ => return Err("--sharing-importer and --socket go together".to_string()),
+    };
     Ok(Some(parsed))
 }
 
@@ -184,6 +199,9 @@ type Outcome = Result<Option<Vec<Report>>, String>;
 #[cfg(feature = "mock")]
 fn run_mock(args: &Args, options: &SuiteOptions) -> Outcome {
     use gpuhal_mock::{MockBackend, MockConfig, MockDevice, Profile};
+    if args.importer.is_some() {
+        return Err("the mock's importers run in the exporting process: --sharing-importer is for CUDA".to_string());
+    }
     if args.list {
         list::<MockBackend>(options.filter.as_deref());
         return Ok(None);
@@ -271,14 +289,55 @@ fn run_cuda(args: &Args, options: &SuiteOptions) -> Outcome {
         list::<CudaBackend>(options.filter.as_deref());
         return Ok(None);
     }
+    use gpuhal_conformance::hal::{Device as _, PoolConfig, SegmentStrategy};
     let ordinal = args.ordinal;
-    let config = gpuhal_conformance::hal::PoolConfig {
+    let config = PoolConfig {
         segments: args.segments,
         ..Default::default()
     };
-    let openers = Openers::<CudaBackend>::new(move || CudaDevice::open_with(ordinal, config))
-        .without_pair("the CUDA backend has no peer access or cross-device work yet")
-        .without_sharing("the CUDA backend has no exportable pools yet");
+    if let Some((role, socket)) = &args.importer {
+        let status = gpuhal_conformance::serve_importer::<CudaBackend>(
+            || CudaDevice::open_shared(ordinal, PoolConfig::default()),
+            role,
+            std::path::Path::new(socket),
+        );
+        std::process::exit(status);
+    }
+    let mut openers = Openers::<CudaBackend>::new(move || CudaDevice::open_with(ordinal, config));
+    openers = match (CudaDevice::open(ordinal), CudaDevice::open(ordinal + 1)) {
+        (Ok(first), Ok(second)) if first.can_access_peer(&second) => openers.with_pair(move || {
+            Ok((
+                CudaDevice::open_with(ordinal, config)?,
+                CudaDevice::open_with(ordinal + 1, config)?,
+            ))
+        }),
+        (Ok(_), Ok(_)) => openers.without_pair(format!("CUDA devices {ordinal} and {} cannot be peers", ordinal + 1)),
+        (_, Err(err)) => openers.without_pair(format!(
+            "one CUDA device: the multi device cases need a second (device {} could not be opened: {err})",
+            ordinal + 1
+        )),
+        (Err(err), _) => openers.without_pair(format!("CUDA device {ordinal} could not be opened: {err}")),
+    };
+    openers = if args.segments == SegmentStrategy::Growable {
+        openers.without_sharing("memory of growable segments is not exportable (sharing needs native segments)")
+    } else {
+        match std::env::current_exe() {
+            Ok(program) => openers
+                .with_sharing(move || CudaDevice::open_shared(ordinal, PoolConfig::default()))
+                .with_importer_process(
+                    program,
+                    vec![
+                        "--backend".into(),
+                        "cuda".into(),
+                        "--ordinal".into(),
+                        ordinal.to_string(),
+                    ],
+                ),
+            Err(err) => openers.without_sharing(format!(
+                "the runner cannot find its own program to start the importer process: {err}"
+            )),
+        }
+    };
     let report = gpuhal_conformance::run_suite_on::<CudaBackend>(openers, options);
     Ok(Some(vec![report]))
 }
@@ -354,5 +413,10 @@ mod tests {
         assert!(parse(&["--backend", "cuda", "--devices", "2"]).is_err());
         assert_eq!(parse(&["--devices=1"]).unwrap().unwrap().devices, 1);
         assert!(parse(&["--help"]).unwrap().is_none());
+        assert!(parse(&["--sharing-importer", "round_trip"]).is_err());
+        let child = parse(&["--backend", "cuda", "--sharing-importer", "round_trip", "--socket", "/s"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(child.importer, Some(("round_trip".to_string(), "/s".to_string())));
     }
 }

@@ -33,6 +33,11 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     cases
 }
 
+/// The importer sides of the sharing cases, by name (see [`crate::Context::with_importer`]).
+pub fn sharing_roles<B: Backend>() -> Vec<crate::Role<B>> {
+    sharing::roles::<B>()
+}
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
