@@ -11,6 +11,7 @@ pub mod harness;
 pub mod noop;
 pub mod report;
 pub mod shapes;
+pub mod sharing;
 pub mod suite;
 
 #[cfg(feature = "cuda")]

@@ -70,6 +70,29 @@ enum Command {
         #[arg(long, default_value = "native", value_parser = parse_segments)]
         segments: gpuhal_hal::SegmentStrategy,
     },
+    /// Two processes on one device: export/import round trip checked, export and import
+    /// latency, copy bandwidth through an imported buffer beside a local one.
+    Sharing {
+        #[arg(long, value_enum, default_value_t = BackendName::default_compiled())]
+        backend: BackendName,
+        /// A handful of iterations each, to prove the benchmark works (not results).
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the JSON and Markdown (default: target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+    },
+    /// The importer process of `sharing` (started by it).
+    #[command(hide = true)]
+    SharingImporter {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+    },
     /// Records the synthetic shapes of work (a decode loop with a growing KV cache, a
     /// training loop of varying sequence length) as traces in DIR.
     RecordShapes {
@@ -172,6 +195,21 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("gpuhal-bench: wrote {}", json.display());
             Ok(())
         }
+        Command::Sharing {
+            backend,
+            smoke,
+            out,
+            device,
+        } => {
+            let settings = Settings {
+                smoke,
+                only: Vec::new(),
+            };
+            let mut report = sharing(backend, &settings, device)?;
+            let name = format!("sharing-{}{}", backend.name(), if smoke { "-smoke" } else { "" });
+            publish(&mut report, &out.unwrap_or_else(default_out), &name)
+        }
+        Command::SharingImporter { socket, device } => sharing_importer(device, &socket),
         Command::RecordShapes { dir } => {
             gpuhal_bench::shapes::record_all(&dir)?;
             Ok(())
@@ -250,6 +288,62 @@ fn suite(
             Err(not_built(backend))
         }
     }
+}
+
+#[allow(unused_variables)]
+fn sharing(backend: BackendName, settings: &Settings, ordinal: u32) -> Result<Report> {
+    let mut report = Report::new("sharing", settings.smoke);
+    match backend {
+        BackendName::Mock => {
+            #[cfg(feature = "mock")]
+            {
+                let device = gpuhal_mock::MockDevice::open(gpuhal_mock::MockConfig {
+                    ordinal,
+                    sharing: true,
+                    ..Default::default()
+                })?;
+                report.device = Some(gpuhal_bench::device_summary::<gpuhal_mock::MockBackend>(&device));
+                gpuhal_bench::sharing::in_process::<gpuhal_mock::MockBackend>(&device, settings, &mut report)?;
+                Ok(report)
+            }
+            #[cfg(not(feature = "mock"))]
+            Err(not_built(backend))
+        }
+        BackendName::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let device = gpuhal_cuda::CudaDevice::open_shared(ordinal, gpuhal_hal::PoolConfig::default())?;
+                report.device = Some(gpuhal_bench::device_summary::<gpuhal_cuda::CudaBackend>(&device));
+                let program = std::env::current_exe()?;
+                let args = vec![
+                    "sharing-importer".to_string(),
+                    "--device".to_string(),
+                    ordinal.to_string(),
+                ];
+                gpuhal_bench::sharing::with_child::<gpuhal_cuda::CudaBackend>(
+                    &device,
+                    &program,
+                    &args,
+                    settings,
+                    &mut report,
+                )?;
+                Ok(report)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Err(not_built(backend))
+        }
+    }
+}
+
+#[allow(unused_variables)]
+fn sharing_importer(ordinal: u32, socket: &Path) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let device = gpuhal_cuda::CudaDevice::open_shared(ordinal, gpuhal_hal::PoolConfig::default())?;
+        gpuhal_bench::sharing::serve::<gpuhal_cuda::CudaBackend>(&device, socket)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(BackendName::Cuda))
 }
 
 /// The error for a backend whose cargo feature this binary was built without.

@@ -256,7 +256,7 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 #
 # Usage: run.sh RESULTS_DIR [STEP...]   (GPUHAL_STEP_TIMEOUT: seconds a step may take, default 1200)
 # With STEP names (or prefixes: cuda-conformance, vulkan, gpuhal-cuda-test, examples,
-# cuda-bench, cuda-replay, torch-allocators), only those steps run.
+# cuda-bench, cuda-replay, cuda-sharing, torch-allocators), only those steps run.
 # Writes one log per step, the conformance reports as JSON and the benchmark JSON there.
 set -uo pipefail
 
@@ -380,6 +380,9 @@ for trace in "$bundle"/traces/*.jsonl*; do
     [ -f "$trace" ] && trace_args=(--trace "$trace") && break
 done
 step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/bench" "${trace_args[@]}"
+# Two processes on one GPU: an exported buffer checked both ways, export/import latency and
+# copy bandwidth through the imported buffer beside a local one.
+step cuda-sharing "$bundle/bin/gpuhal-bench" sharing --backend cuda --out "$results/bench"
 if [ ${#trace_args[@]} -gt 0 ]; then
     step cuda-replay "$bundle/bin/gpuhal-bench" replay "${trace_args[1]}" --backend cuda --out "$results/bench"
 fi

@@ -414,9 +414,16 @@ mod tests {
         assert_eq!(parse(&["--devices=1"]).unwrap().unwrap().devices, 1);
         assert!(parse(&["--help"]).unwrap().is_none());
         assert!(parse(&["--sharing-importer", "round_trip"]).is_err());
-        let child = parse(&["--backend", "cuda", "--sharing-importer", "round_trip", "--socket", "/s"])
-            .unwrap()
-            .unwrap();
+        let child = parse(&[
+            "--backend",
+            "cuda",
+            "--sharing-importer",
+            "round_trip",
+            "--socket",
+            "/s",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(child.importer, Some(("round_trip".to_string(), "/s".to_string())));
     }
 }

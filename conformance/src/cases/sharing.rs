@@ -54,7 +54,7 @@ pub(crate) fn roles<B: Backend>() -> Vec<Role<B>> {
     ]
 }
 
-fn receive<B: Backend>(peer: &UnixStream) -> Result<(SharedMemory, Option<gpuhal_hal::SharedEvent>), Failure> {
+fn receive(peer: &UnixStream) -> Result<(SharedMemory, Option<gpuhal_hal::SharedEvent>), Failure> {
     receive_shared(peer).during("receiving the exporter's handle")
 }
 
@@ -127,7 +127,7 @@ fn round_trip<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 
 fn round_trip_importer<B: Backend>(device: &B::Device, peer: &UnixStream) -> Result<(), Failure> {
     let len = ROUND_TRIP_LEN;
-    let (handle, event) = receive::<B>(peer)?;
+    let (handle, event) = receive(peer)?;
     let event = event.ok_or_else(|| Failure::new("the handle came without its interprocess event"))?;
     let stream = device.create_stream().during("creating the importer's stream")?;
     let imported = device.import_shared(&handle).during("importing the buffer")?;
@@ -189,7 +189,7 @@ fn cached_piece<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 }
 
 fn cached_piece_importer<B: Backend>(device: &B::Device, peer: &UnixStream) -> Result<(), Failure> {
-    let (handle, _) = receive::<B>(peer)?;
+    let (handle, _) = receive(peer)?;
     let stream = device.create_stream().during("creating a stream")?;
     let imported = device.import_shared(&handle).during("importing")?;
     let seen = read_back::<B>(&stream, &imported, 0, PIECE_LEN as usize)?;
@@ -249,7 +249,7 @@ fn import_drop_keeps_exporter<B: Backend>(ctx: &Context<B>) -> Result<(), Failur
 }
 
 fn import_twice_importer<B: Backend>(device: &B::Device, peer: &UnixStream) -> Result<(), Failure> {
-    let (handle, _) = receive::<B>(peer)?;
+    let (handle, _) = receive(peer)?;
     let stream = device.create_stream().during("creating a stream")?;
     let first = device.import_shared(&handle).during("importing")?;
     let seen = read_back::<B>(&stream, &first, 0, DROP_LEN as usize)?;
@@ -287,7 +287,7 @@ fn oversized_handle<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
 }
 
 fn oversized_importer<B: Backend>(device: &B::Device, peer: &UnixStream) -> Result<(), Failure> {
-    let (handle, _) = receive::<B>(peer)?;
+    let (handle, _) = receive(peer)?;
     ensure!(
         device.import_shared(&handle).is_err(),
         "a handle naming {} bytes at offset {} was imported",
