@@ -88,6 +88,13 @@ impl CudaMemory {
                     .context(|| format!("creating the memory pool of CUDA device {ordinal}"))?
             };
             let pool = MemPool(pool);
+            if exportable {
+                // The driver exports an allocation's pointer only once its pool has been
+                // exported; doing it here also fails the open, not a later export, where
+                // the driver cannot export the pool.
+                raw::mem_pool_export_fd(pool.0)
+                    .context(|| format!("exporting CUDA device {ordinal}'s memory pool as a file descriptor"))?;
+            }
             // gpuhal's cache is the cache: what it gives back to the pool is memory it decided
             // to release, so the pool returns it to the device at the next synchronisation
             // instead of keeping it too. (At u64::MAX, a PyTorch GPT-2 run on an H200 took

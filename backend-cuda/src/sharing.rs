@@ -208,14 +208,16 @@ pub(crate) fn export(device: &CudaDevice, buffer: &Buffer<CudaBackend>) -> Resul
     }
     let base = region.address - region.native_offset;
     device.bind()?;
+    // The pool first: the driver refuses (INVALID_VALUE) to export a pointer of a pool
+    // that was never exported.
+    let fd = raw::mem_pool_export_fd(pool)
+        .context(|| format!("exporting CUDA device {ordinal}'s memory pool as a file descriptor"))?;
     let allocation = raw::mem_pool_export_pointer(base).context(|| {
         format!(
             "exporting the native allocation at {base:#x} (holding {} bytes at offset {}) of CUDA device {ordinal}",
             region.len, region.native_offset
         )
     })?;
-    let fd = raw::mem_pool_export_fd(pool)
-        .context(|| format!("exporting CUDA device {ordinal}'s memory pool as a file descriptor"))?;
     Ok(SharedMemory {
         backend: "cuda",
         pool: PoolHandle::Fd(fd),
