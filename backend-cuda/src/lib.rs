@@ -46,6 +46,7 @@ pub use fence::CudaFence;
 pub use graph::{CudaGraph, CudaGraphExec};
 pub use kernels::SMALL_OP_LIMIT;
 pub use memory::{CudaMarker, CudaMemory};
+pub use segments::SegmentStats;
 pub use stream::{CudaStream, StreamHandle};
 
 /// Raw driver handle types, for frameworks that call the driver on gpuhal's streams,

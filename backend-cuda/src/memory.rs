@@ -9,6 +9,7 @@ use gpuhal_hal::event_pool::PooledEvent;
 use gpuhal_hal::pool::{Allocator, NativeBlock};
 use gpuhal_hal::{
     Advice, DeviceId, Error, Location, ManagedPolicy, ManagedRangeInfo, MemoryKind, Result, SegmentStrategy,
+    SleepReport, WakeReport,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -16,7 +17,7 @@ use crate::context::Context;
 use crate::error::Context as _;
 use crate::event::{CudaEventPool, CudaEvents};
 use crate::raw::{self, CUdeviceptr, CUmem_advise, CUmem_range_attribute, CUmemoryPool};
-use crate::segments::GrowableSegments;
+use crate::segments::{GrowableSegments, SegmentStats};
 use crate::stream::StreamHandle;
 
 /// `NativeBlock::native` of device memory from the stream-ordered pool.
@@ -135,6 +136,12 @@ impl CudaMemory {
     /// [`SegmentStrategy::Native`]), released blocks not yet unmapped included.
     pub fn mapped_bytes(&self) -> u64 {
         self.segments.as_ref().map_or(0, GrowableSegments::mapped_bytes)
+    }
+
+    /// Counters of the growable segments (physical memory held, chunks created and
+    /// reused, bytes asleep), if the device uses them.
+    pub fn segment_stats(&self) -> Option<SegmentStats> {
+        self.segments.as_ref().map(GrowableSegments::stats)
     }
 
     /// The granularity growable segments map physical memory in, if the device uses them.
@@ -313,8 +320,8 @@ impl CudaMemory {
     }
 
     fn allocate_device(&self, size: u64, stream: Option<&StreamHandle>) -> Result<NativeBlock> {
-        if let (Some(segments), Some(_)) = (&self.segments, stream) {
-            let (address, size) = segments.allocate(size)?;
+        if let (Some(segments), Some(stream)) = (&self.segments, stream) {
+            let (address, size) = segments.allocate(size, stream)?;
             return Ok(NativeBlock {
                 address,
                 size,
@@ -494,6 +501,36 @@ impl Allocator for CudaMemory {
             (Some(segments), MemoryKind::Device) => rounded.next_multiple_of(segments.granularity()),
             _ => rounded,
         }
+    }
+
+    fn can_sleep(&self) -> bool {
+        self.segments.is_some()
+    }
+
+    fn sleep(&self, keep: &[(u64, u64)]) -> Result<SleepReport> {
+        let Some(segments) = &self.segments else {
+            return Err(Error::Unsupported {
+                operation: "sleep (open the device with SegmentStrategy::Growable)",
+                needed: gpuhal_hal::Capabilities::GROWABLE_SEGMENTS,
+            });
+        };
+        self.ctx.bind()?;
+        segments.sleep(keep)
+    }
+
+    fn wake(&self) -> Result<WakeReport> {
+        let Some(segments) = &self.segments else {
+            return Err(Error::Unsupported {
+                operation: "wake (open the device with SegmentStrategy::Growable)",
+                needed: gpuhal_hal::Capabilities::GROWABLE_SEGMENTS,
+            });
+        };
+        self.ctx.bind()?;
+        segments.wake()
+    }
+
+    fn asleep_bytes(&self) -> u64 {
+        self.segments.as_ref().map_or(0, |s| s.stats().asleep_bytes)
     }
 
     fn allocate(&self, size: u64, kind: MemoryKind, stream: Option<&StreamHandle>) -> Result<NativeBlock> {

@@ -244,11 +244,16 @@ pub(crate) fn mem_release(handle: u64) -> NativeResult<()> {
     check("cuMemRelease", unsafe { sys::cuMemRelease(handle) })
 }
 
-/// Maps all of `handle` (`size` bytes) at `dptr`, inside a reserved range, and makes it
-/// readable and writable by device `ordinal`.
-pub(crate) fn mem_map_read_write(dptr: CUdeviceptr, size: u64, handle: u64, ordinal: i32) -> NativeResult<()> {
+/// Maps all of `handle` (`size` bytes) at `dptr`, inside a reserved range. Nothing can
+/// use the range until [`mem_set_access_read_write`] has been called on it.
+pub(crate) fn mem_map(dptr: CUdeviceptr, size: u64, handle: u64) -> NativeResult<()> {
     // SAFETY: `dptr..dptr + size` lies in a range this crate reserved and has nothing mapped.
-    with_relaxed_capture_mode(|| check("cuMemMap", unsafe { sys::cuMemMap(dptr, size as usize, 0, handle, 0) }))?;
+    with_relaxed_capture_mode(|| check("cuMemMap", unsafe { sys::cuMemMap(dptr, size as usize, 0, handle, 0) }))
+}
+
+/// Makes the mapped range `dptr..dptr + size` (one mapping or several back to back)
+/// readable and writable by device `ordinal`.
+pub(crate) fn mem_set_access_read_write(dptr: CUdeviceptr, size: u64, ordinal: i32) -> NativeResult<()> {
     let access = sys::CUmemAccessDesc {
         location: sys::CUmemLocation {
             type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
@@ -256,21 +261,35 @@ pub(crate) fn mem_map_read_write(dptr: CUdeviceptr, size: u64, handle: u64, ordi
         },
         flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
     };
-    let set = with_relaxed_capture_mode(|| {
-        // SAFETY: `access` is a live local describing one device; the range was just mapped.
+    with_relaxed_capture_mode(|| {
+        // SAFETY: `access` is a live local describing one device; the range is mapped.
         check("cuMemSetAccess", unsafe {
             sys::cuMemSetAccess(dptr, size as usize, &access, 1)
         })
-    });
-    if set.is_err() {
-        let _ = mem_unmap(dptr, size);
-    }
-    set
+    })
+}
+
+/// Copies `len` bytes from device address `src` to page-locked host memory at `host`
+/// and returns once the copy has completed.
+pub(crate) fn memcpy_dtoh_pinned(host: u64, src: CUdeviceptr, len: u64) -> NativeResult<()> {
+    // SAFETY: `host` is a live `mem_host_alloc` allocation of at least `len` bytes owned by the caller, with no Rust reference into it; the copy is synchronous.
+    check("cuMemcpyDtoH", unsafe {
+        sys::cuMemcpyDtoH_v2(host as *mut c_void, src, len as usize)
+    })
+}
+
+/// Copies `len` bytes from page-locked host memory at `host` to device address `dst` and
+/// returns once the copy has completed.
+pub(crate) fn memcpy_htod_pinned(dst: CUdeviceptr, host: u64, len: u64) -> NativeResult<()> {
+    // SAFETY: `host` is a live `mem_host_alloc` allocation of at least `len` bytes owned by the caller; the copy is synchronous.
+    check("cuMemcpyHtoD", unsafe {
+        sys::cuMemcpyHtoD_v2(dst, host as *const c_void, len as usize)
+    })
 }
 
 /// Unmaps `dptr..dptr + size`; the caller has waited for every use of the range.
 pub(crate) fn mem_unmap(dptr: CUdeviceptr, size: u64) -> NativeResult<()> {
-    // SAFETY: the range was mapped by `mem_map_read_write` and no work that uses it is pending.
+    // SAFETY: the range was mapped by `mem_map` and no work that uses it is pending.
     with_relaxed_capture_mode(|| check("cuMemUnmap", unsafe { sys::cuMemUnmap(dptr, size as usize) }))
 }
 

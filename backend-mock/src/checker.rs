@@ -276,6 +276,16 @@ impl Checker {
                 found: allocation.device.0,
             });
         }
+        if allocation.asleep.lock().is_some() {
+            return Err(Error::invalid(
+                operation,
+                format!(
+                    "{address:#x} (allocation #{}) is asleep: the device's memory was put to sleep \
+                     and is not mapped until wake",
+                    handout.serial
+                ),
+            ));
+        }
         let live = matches!(handout.life, Life::Live);
         let target = Target::native(allocation.clone(), address - allocation.address(), len).ok_or_else(|| {
             Error::invalid(

@@ -47,6 +47,7 @@ mod queue;
 mod raw;
 mod segments;
 mod sharing;
+mod sleep;
 mod state;
 mod stream;
 
@@ -59,6 +60,7 @@ pub use memory::MockMemory;
 pub use profile::Profile;
 pub use queue::MockQueue;
 pub use segments::MappingStats;
+pub use sleep::DISCARDED;
 pub use state::OUT_OF_MEMORY;
 pub use stream::MockStream;
 

@@ -313,6 +313,21 @@ impl Lifetimes {
         shard.natives.insert(allocation.id, allocation);
     }
 
+    /// Every live native allocation of `device`.
+    pub(crate) fn natives_of(&self, device: gpuhal_hal::DeviceId) -> Vec<Arc<NativeAllocation>> {
+        Self::indices()
+            .flat_map(|index| {
+                let shard = self.lock(index);
+                shard
+                    .natives
+                    .values()
+                    .filter(|a| a.device == device)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Takes a native allocation out of the registry for freeing.
     pub(crate) fn native_freed(&self, block: &NativeBlock) -> Result<Arc<NativeAllocation>> {
         let mut guard = self.lock(Self::shard_of(block.native));

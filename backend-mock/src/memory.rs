@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use gpuhal_hal::pool::{Allocator, NativeBlock};
-use gpuhal_hal::{DeviceId, MemoryKind, Result, StreamId};
+use gpuhal_hal::{DeviceId, MemoryKind, Result, SleepReport, StreamId, WakeReport};
 
 use crate::clock::VectorClock;
 use crate::event::MockMarker;
@@ -31,6 +31,22 @@ impl Allocator for MockMemory {
             (Some(segments), MemoryKind::Device) => rounded.next_multiple_of(segments.granularity()),
             _ => rounded,
         }
+    }
+
+    fn can_sleep(&self) -> bool {
+        self.state.segments.is_some()
+    }
+
+    fn sleep(&self, keep: &[(u64, u64)]) -> Result<SleepReport> {
+        self.state.sleep(keep)
+    }
+
+    fn wake(&self) -> Result<WakeReport> {
+        self.state.wake()
+    }
+
+    fn asleep_bytes(&self) -> u64 {
+        self.state.asleep_bytes()
     }
 
     fn allocate(&self, size: u64, kind: MemoryKind, stream: Option<&Arc<MockQueue>>) -> Result<NativeBlock> {

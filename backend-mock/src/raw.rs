@@ -37,12 +37,19 @@ pub(crate) struct NativeAllocation {
     /// Set for memory mapped in a growable segment: it is unmapped when the last holder
     /// (the stream that runs its free, or an operation still using it) lets it go.
     pub(crate) mapping: Option<std::sync::Arc<crate::segments::MockSegments>>,
+    /// Set while the device sleeps: the kept ranges (offset, bytes); the rest of the
+    /// memory holds a poison pattern.
+    pub(crate) asleep: Mutex<Option<Vec<(u64, Vec<u8>)>>>,
 }
 
 impl Drop for NativeAllocation {
     fn drop(&mut self) {
         if let Some(segments) = &self.mapping {
-            segments.unmapped(self.size);
+            if self.asleep.get_mut().is_some() {
+                segments.freed_asleep(self.size);
+            } else {
+                segments.unmapped(self.size);
+            }
         }
     }
 }
@@ -81,6 +88,7 @@ impl NativeAllocation {
                 last_prefetch: None,
             }),
             mapping: None,
+            asleep: Mutex::new(None),
         })
     }
 

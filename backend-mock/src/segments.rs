@@ -14,6 +14,7 @@ pub(crate) struct MockSegments {
     mapped_bytes: AtomicU64,
     maps: AtomicU64,
     unmaps: AtomicU64,
+    asleep_bytes: AtomicU64,
 }
 
 /// A snapshot of a mock device's mappings.
@@ -27,6 +28,8 @@ pub struct MappingStats {
     pub maps: u64,
     /// Blocks unmapped so far.
     pub unmaps: u64,
+    /// Bytes of blocks asleep (not mapped, addresses kept).
+    pub asleep_bytes: u64,
 }
 
 impl MockSegments {
@@ -36,6 +39,7 @@ impl MockSegments {
             mapped_bytes: AtomicU64::new(0),
             maps: AtomicU64::new(0),
             unmaps: AtomicU64::new(0),
+            asleep_bytes: AtomicU64::new(0),
         }
     }
 
@@ -67,12 +71,34 @@ impl MockSegments {
         self.mapped_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
+    /// A block's physical memory released by sleep.
+    pub(crate) fn fell_asleep(&self, size: u64) {
+        self.unmapped(size);
+        self.asleep_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// A sleeping block mapped again by wake.
+    pub(crate) fn woke(&self, size: u64) {
+        self.asleep_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.map(size);
+    }
+
+    /// A sleeping block freed: nothing was mapped to unmap.
+    pub(crate) fn freed_asleep(&self, size: u64) {
+        self.asleep_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    pub(crate) fn asleep_bytes(&self) -> u64 {
+        self.asleep_bytes.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stats(&self) -> MappingStats {
         MappingStats {
             granularity: self.granularity,
             mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
             maps: self.maps.load(Ordering::Relaxed),
             unmaps: self.unmaps.load(Ordering::Relaxed),
+            asleep_bytes: self.asleep_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -87,6 +87,15 @@ impl DeviceState {
         }
     }
 
+    /// Sleep gave `size` bytes of device memory back (or wake took them again).
+    pub(crate) fn note_sleep(&self, size: u64, asleep: bool) {
+        if asleep {
+            self.used.fetch_sub(size, Ordering::Relaxed);
+        } else {
+            self.used.fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
     /// Native bytes of device memory in use.
     pub(crate) fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
@@ -216,7 +225,8 @@ impl DeviceState {
     /// stream has run everything enqueued before the free.
     pub(crate) fn free_native(&self, block: &NativeBlock, stream: Option<&Arc<MockQueue>>) -> Result<()> {
         let allocation = self.lifetimes.native_freed(block)?;
-        if allocation.kind != MemoryKind::HostPinned {
+        // A sleeping block holds no device memory (sleep gave it back).
+        if allocation.kind != MemoryKind::HostPinned && allocation.asleep.lock().is_none() {
             self.used.fetch_sub(allocation.size, Ordering::Relaxed);
         }
         if let Some(queue) = stream {

@@ -30,6 +30,7 @@ mod hot_lock;
 pub mod pool;
 pub mod report;
 pub mod sharing;
+mod sleep;
 mod spare;
 mod stats;
 pub mod torch_snapshot;
@@ -44,6 +45,7 @@ pub use hot_lock::locks_biased;
 pub use pool::{Allocator, CachingAllocator, NativeBlock, PoolConfig, SegmentStrategy};
 pub use report::MemoryReport;
 pub use sharing::{PoolHandle, SharedEvent, SharedImport, SharedMemory};
+pub use sleep::{SleepReport, WakeReport};
 pub use stats::{EventStats, ImportStats, MemoryStats};
 pub use types::{
     Advice, AsRegion, Capabilities, DeviceId, ImportPath, ImportPolicy, Location, ManagedPolicy, ManagedRangeInfo,

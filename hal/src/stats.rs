@@ -44,6 +44,9 @@ pub struct MemoryStats {
     pub oom_errors: u64,
     /// Native frees that failed (the memory is leaked, counted here rather than lost).
     pub failed_frees: u64,
+    /// Bytes of native blocks asleep: their physical memory released by
+    /// [`sleep`](crate::CachingAllocator::sleep), their addresses kept for `wake`.
+    pub asleep_bytes: u64,
 }
 
 impl MemoryStats {

@@ -32,6 +32,18 @@ pub(crate) fn cases<B: Backend>() -> Vec<Case<B>> {
             growable,
             growable_segments_trim_returns_memory::<B>,
         ),
+        Case::new(
+            "sleep_keeps_chosen_buffers_and_releases_the_rest",
+            area,
+            growable,
+            sleep_keeps_chosen_buffers_and_releases_the_rest::<B>,
+        ),
+        Case::new(
+            "sleep_is_refused_without_growable_segments",
+            area,
+            Capabilities::empty(),
+            sleep_is_refused_without_growable_segments::<B>,
+        ),
     ]
 }
 
@@ -133,6 +145,96 @@ fn growable_segments_trim_returns_memory<B: Backend>(ctx: &Context<B>) -> Result
     ensure!(
         free_after + 2 * granule >= free_before,
         "free memory {free_after} after trim is below the {free_before} bytes free before the allocations"
+    );
+    Ok(())
+}
+
+/// Sleep releases the physical memory of idle and live blocks alike, keeps the buffers
+/// named, and wake restores them at the same addresses; the others are usable again.
+fn sleep_keeps_chosen_buffers_and_releases_the_rest<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let granule = granularity(ctx)?;
+    let device = ctx.device();
+    let stream = ctx.stream()?;
+    let (free_before, _) = device.memory_info().during("reading memory info")?;
+    let (kept_len, discarded_len, idle_len) = (3 * MIB + 4 * KIB, 40 * MIB, 24 * MIB);
+    if free_before < 4 * (kept_len + discarded_len + idle_len) {
+        return Err(Failure::skip(format!("only {free_before} bytes of device memory free")));
+    }
+    let kept = device
+        .allocate(kept_len, MemoryKind::Device, &stream)
+        .during("allocating the buffer to keep")?;
+    let discarded = device
+        .allocate(discarded_len, MemoryKind::Device, &stream)
+        .during("allocating the buffer to discard")?;
+    let idle = device
+        .allocate(idle_len, MemoryKind::Device, &stream)
+        .during("allocating the buffer left idle")?;
+    let data = pattern(kept_len as usize, 0x3c);
+    stream.write(&kept, 0, &data).during("writing the kept buffer")?;
+    stream.fill(&discarded, 0, discarded_len, 0x11).during("filling")?;
+    drop(idle);
+    stream.synchronize().during("synchronizing")?;
+    let reserved = device.memory_stats().reserved_bytes;
+    let (free_awake, _) = device.memory_info().during("reading memory info")?;
+    let (kept_address, discarded_address) = (kept.address(), discarded.address());
+
+    let slept = device.allocator().sleep(&[&kept]).during("sleep")?;
+    ensure_eq!(slept.kept_bytes, kept_len, "bytes kept across sleep");
+    ensure!(
+        slept.released_bytes >= reserved,
+        "sleep released {} bytes of the {reserved} reserved (idle and live)",
+        slept.released_bytes
+    );
+    let stats = device.memory_stats();
+    ensure!(
+        stats.asleep_bytes >= kept_len + discarded_len,
+        "{} bytes asleep with the kept and discarded buffers' blocks sleeping",
+        stats.asleep_bytes
+    );
+    let (free_asleep, _) = device.memory_info().during("reading memory info")?;
+    ensure!(
+        free_asleep + 2 * granule >= free_awake + reserved,
+        "free device memory went from {free_awake} to {free_asleep} bytes asleep, with {reserved} bytes reserved"
+    );
+
+    let woken = device.allocator().wake().during("wake")?;
+    ensure_eq!(woken.restored_bytes, kept_len, "bytes restored on wake");
+    ensure_eq!(device.memory_stats().asleep_bytes, 0, "bytes asleep after wake");
+    ensure_eq!(
+        (kept.address(), discarded.address()),
+        (kept_address, discarded_address),
+        "addresses across sleep"
+    );
+    let read = read_back::<B>(&stream, &kept, 0, data.len())?;
+    ensure_bytes(&read, &data, "the kept buffer after wake")?;
+    // The discarded buffer's contents are undefined, but it is memory again.
+    stream
+        .fill(&discarded, 0, discarded_len, 0x77)
+        .during("filling after wake")?;
+    let read = read_back::<B>(&stream, &discarded, discarded_len - 64, 64)?;
+    ensure_bytes(&read, &[0x77; 64], "the discarded buffer refilled after wake")?;
+    Ok(())
+}
+
+/// Without growable segments sleep says so and changes nothing.
+fn sleep_is_refused_without_growable_segments<B: Backend>(ctx: &Context<B>) -> Result<(), Failure> {
+    let device = ctx.device();
+    if device.allocator().config().segments == SegmentStrategy::Growable {
+        return Err(Failure::skip("the device was opened with growable segments"));
+    }
+    let stream = ctx.stream()?;
+    drop(device.allocate(MIB, MemoryKind::Device, &stream).during("allocating")?);
+    let before = device.memory_stats();
+    let refused = device.allocator().sleep(&[]);
+    ensure!(
+        matches!(refused, Err(gpuhal_hal::Error::Unsupported { .. })),
+        "sleep without growable segments: {refused:?}"
+    );
+    let after = device.memory_stats();
+    ensure_eq!(
+        (after.cached_bytes, after.reserved_bytes, after.asleep_bytes),
+        (before.cached_bytes, before.reserved_bytes, 0),
+        "the cache after a refused sleep"
     );
     Ok(())
 }

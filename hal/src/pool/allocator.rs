@@ -13,6 +13,7 @@ use super::native::{Allocator, NativeBlock};
 use super::size_class::{rounded_size, MAX_REQUEST};
 use super::stream_cache::{FreeLists, Shard, ShardLock, ShardState, StreamCache};
 use crate::error::{Error, Result};
+use crate::sleep::{SleepReport, WakeReport};
 use crate::spare;
 use crate::stats::MemoryStats;
 use crate::trace::{TraceEvent, TraceRecorder};
@@ -302,6 +303,68 @@ impl<N: Allocator> CachingAllocator<N> {
     pub fn trim(&self) -> u64 {
         let mut global = self.shared.global.lock();
         self.shared.evict(&mut global, u64::MAX)
+    }
+
+    /// Puts the device's memory to sleep (see the [`sleep`](crate::SleepReport) module's
+    /// rules): releases every idle block, then the physical memory under every live
+    /// block, after copying the buffers in `keep` to host memory. The buffers stay valid
+    /// objects with the same addresses; [`wake`](Self::wake) makes them usable again, with
+    /// the kept ones' contents restored and the others' undefined. Needs a source that can
+    /// sleep (growable segments); anything else is refused with
+    /// [`Error::Unsupported`](crate::Error::Unsupported). Memory that is not in growable
+    /// segments (managed, pinned, graph pools) stays resident.
+    ///
+    /// Blocks freed while another stream used them stay in the cache until the pool sees
+    /// that work done, but their physical memory sleeps like a live buffer's.
+    ///
+    /// An engine that gives its GPU back between requests and keeps only its weights:
+    ///
+    /// ```
+    /// use gpuhal_hal::{Backend, Buffer, Device, Result};
+    ///
+    /// fn pause<B: Backend>(device: &B::Device, weights: &[&Buffer<B>]) -> Result<u64> {
+    ///     let slept = device.allocator().sleep(weights)?;
+    ///     // The KV cache and activations are gone; the weights wait in host memory.
+    ///     Ok(slept.released_bytes)
+    /// }
+    ///
+    /// fn resume<B: Backend>(device: &B::Device) -> Result<()> {
+    ///     device.allocator().wake()?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn sleep(&self, keep: &[&Buffer<N>]) -> Result<SleepReport> {
+        let device = self.device();
+        let mut ranges = Vec::with_capacity(keep.len());
+        for buffer in keep {
+            if buffer.device() != device {
+                return Err(Error::invalid(
+                    "sleep",
+                    format!(
+                        "the buffer at {:#x} to keep belongs to device {:?}, not {device:?}",
+                        buffer.address(),
+                        buffer.device()
+                    ),
+                ));
+            }
+            ranges.push((buffer.address(), buffer.len()));
+        }
+        // Refused (by the source) before anything is released when it cannot sleep.
+        if !self.shared.native.can_sleep() {
+            return self.shared.native.sleep(&ranges);
+        }
+        let idle = self.trim();
+        let mut report = self.shared.native.sleep(&ranges)?;
+        report.released_bytes += idle;
+        Ok(report)
+    }
+
+    /// Wakes memory put to sleep by [`sleep`](Self::sleep): maps physical memory at the
+    /// sleeping blocks' addresses and restores what was kept. On an error (the device is
+    /// short of memory) the blocks woken so far stay awake and calling again retries the
+    /// rest.
+    pub fn wake(&self) -> Result<WakeReport> {
+        self.shared.native.wake()
     }
 
     /// Sets or clears the memory limit. Requests that would take reserved memory past it
@@ -740,6 +803,7 @@ impl<N: Allocator> PoolShared<N> {
             oom_errors: global.g.oom_errors,
             failed_frees: self.failed_frees.load(Ordering::Relaxed),
             peak_live_bytes: global.g.peak_live_sampled,
+            asleep_bytes: self.native.asleep_bytes(),
             ..MemoryStats::default()
         };
         for shard in global.shards.iter().filter_map(Weak::upgrade) {

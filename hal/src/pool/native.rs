@@ -1,7 +1,9 @@
 //! [`Allocator`]: where the caching pool's memory comes from, the extension point for
 //! backends and for frameworks that bring their own memory source.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::sleep::{SleepReport, WakeReport};
+use crate::types::Capabilities;
 use crate::types::{DeviceId, MemoryKind, StreamId};
 
 /// A block of memory obtained from the native API.
@@ -169,4 +171,34 @@ pub trait Allocator: Send + Sync + Sized + 'static {
 
     /// A buffer's block went back to the pool (checking backends only).
     fn on_returned(&self, _block: &NativeBlock, _stream: StreamId) {}
+
+    /// Whether [`sleep`](Self::sleep) can work now.
+    fn can_sleep(&self) -> bool {
+        false
+    }
+
+    /// Releases the physical memory of every block this source has handed out and not
+    /// had back, keeping the blocks' addresses; the ranges in `keep` (address, length)
+    /// are copied to host memory first. See [`CachingAllocator::sleep`](super::CachingAllocator::sleep),
+    /// which releases the cache's idle blocks before calling this. A source that cannot
+    /// (the default) says so.
+    fn sleep(&self, _keep: &[(u64, u64)]) -> Result<SleepReport> {
+        Err(Error::Unsupported {
+            operation: "sleep",
+            needed: Capabilities::GROWABLE_SEGMENTS,
+        })
+    }
+
+    /// Maps physical memory again under every sleeping block and restores what was kept.
+    fn wake(&self) -> Result<WakeReport> {
+        Err(Error::Unsupported {
+            operation: "wake",
+            needed: Capabilities::GROWABLE_SEGMENTS,
+        })
+    }
+
+    /// Bytes of blocks asleep now.
+    fn asleep_bytes(&self) -> u64 {
+        0
+    }
 }
