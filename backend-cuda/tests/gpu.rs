@@ -958,6 +958,101 @@ fn gpu_growable_segments_map_and_unmap_in_stream_order() {
     );
 }
 
+/// A released block's physical memory serves the next block on its stream at once,
+/// whatever its size: the device holds no more than the largest of the two, even while
+/// the stream is still using the first.
+fn gpu_growable_segments_reuse_released_chunks_on_their_stream() {
+    let config = gpuhal_hal::PoolConfig {
+        segments: gpuhal_hal::SegmentStrategy::Growable,
+        reserve_floor: 0,
+        ..Default::default()
+    };
+    let device = CudaDevice::open_with(0, config).expect("opening with growable segments");
+    let memory = device.allocator().native();
+    let stream = device.create_stream().unwrap();
+    let first = device.allocate(96 << 20, MemoryKind::Device, &stream).unwrap();
+    for round in 0..200u32 {
+        stream.fill(&first, 0, first.len(), round as u8).unwrap();
+    }
+    drop(first);
+    assert!(device.allocator().trim() >= 96 << 20);
+    let before = memory.segment_stats().expect("growable");
+    let second = device.allocate(80 << 20, MemoryKind::Device, &stream).unwrap();
+    let after = memory.segment_stats().expect("growable");
+    eprintln!("before {before:?}\nafter {after:?}");
+    assert_eq!(after.chunks_created, before.chunks_created, "no new physical memory");
+    assert!(
+        after.chunks_reused - before.chunks_reused >= 40,
+        "80 MiB of 2 MiB chunks reused"
+    );
+    assert!(after.physical_bytes <= 96 << 20, "{} bytes held", after.physical_bytes);
+    stream.fill(&second, 0, second.len(), 0x5a).unwrap();
+    let mut host = vec![0u8; 1 << 20];
+    stream.read(&second, second.len() - (1 << 20), &mut host).unwrap();
+    assert!(
+        host.iter().all(|&b| b == 0x5a),
+        "the reused memory holds the new block's data"
+    );
+    drop(second);
+    device.allocator().trim();
+    stream.synchronize().unwrap();
+    device.memory_info().unwrap();
+    assert_eq!(memory.mapped_bytes(), 0, "everything released once the stream is done");
+}
+
+/// Sleep gives back the physical memory of live buffers and restores the kept ones on
+/// wake; prints the time each took for 1 GiB kept and 1 GiB discarded.
+fn gpu_sleep_and_wake_keep_one_gib() {
+    let config = gpuhal_hal::PoolConfig {
+        segments: gpuhal_hal::SegmentStrategy::Growable,
+        ..Default::default()
+    };
+    let device = CudaDevice::open_with(0, config).expect("opening with growable segments");
+    let stream = device.create_stream().unwrap();
+    let gib: u64 = 1 << 30;
+    let weights = device.allocate(gib, MemoryKind::Device, &stream).unwrap();
+    let kv_cache = device.allocate(gib, MemoryKind::Device, &stream).unwrap();
+    let pattern: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for part in 0..(gib / pattern.len() as u64) {
+        stream.write(&weights, part * pattern.len() as u64, &pattern).unwrap();
+    }
+    stream.fill(&kv_cache, 0, gib, 3).unwrap();
+    stream.synchronize().unwrap();
+    let (free_awake, _) = device.memory_info().unwrap();
+    let started = std::time::Instant::now();
+    let slept = device.allocator().sleep(&[&weights]).unwrap();
+    let sleep_time = started.elapsed();
+    let (free_asleep, _) = device.memory_info().unwrap();
+    assert_eq!(slept.kept_bytes, gib);
+    assert!(slept.released_bytes >= 2 * gib, "{slept:?}");
+    assert!(
+        free_asleep >= free_awake + 2 * gib - (64 << 20),
+        "free {free_awake} awake, {free_asleep} asleep"
+    );
+    assert_eq!(device.memory_stats().asleep_bytes, 2 * gib);
+    let started = std::time::Instant::now();
+    let woken = device.allocator().wake().unwrap();
+    let wake_time = started.elapsed();
+    assert_eq!((woken.restored_bytes, woken.mapped_bytes), (gib, 2 * gib));
+    eprintln!(
+        "sleep: released {} MiB, kept {} MiB in {:.1} ms; wake: mapped {} MiB, restored {} MiB in {:.1} ms",
+        slept.released_bytes >> 20,
+        slept.kept_bytes >> 20,
+        sleep_time.as_secs_f64() * 1e3,
+        woken.mapped_bytes >> 20,
+        woken.restored_bytes >> 20,
+        wake_time.as_secs_f64() * 1e3
+    );
+    let mut host = vec![0u8; pattern.len()];
+    for part in [0, gib / pattern.len() as u64 - 1] {
+        stream.read(&weights, part * pattern.len() as u64, &mut host).unwrap();
+        assert!(host == pattern, "kept bytes restored (part {part})");
+    }
+    stream.fill(&kv_cache, 0, gib, 4).unwrap();
+    stream.read(&kv_cache, gib - pattern.len() as u64, &mut host).unwrap();
+    assert!(host.iter().all(|&b| b == 4), "the discarded buffer is memory again");
+}
+
 fn main() -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     if skip_reason().is_some() {
@@ -1013,6 +1108,11 @@ fn main() -> std::process::ExitCode {
             "gpu_growable_segments_map_and_unmap_in_stream_order",
             gpu_growable_segments_map_and_unmap_in_stream_order,
         ),
+        gpu_test(
+            "gpu_growable_segments_reuse_released_chunks_on_their_stream",
+            gpu_growable_segments_reuse_released_chunks_on_their_stream,
+        ),
+        gpu_test("gpu_sleep_and_wake_keep_one_gib", gpu_sleep_and_wake_keep_one_gib),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -15,6 +15,9 @@ use parking_lot::{Condvar, Mutex};
 /// Device addresses are aligned to this many bytes.
 pub(crate) const DEVICE_ALIGNMENT: usize = 256;
 
+/// What a sleeping allocation keeps: (offset, bytes) per kept range.
+pub(crate) type KeptRanges = Vec<(u64, Vec<u8>)>;
+
 /// A native allocation of the mock device: zeroed host memory.
 pub(crate) struct NativeAllocation {
     /// Backend token (`Region::native`).
@@ -39,7 +42,7 @@ pub(crate) struct NativeAllocation {
     pub(crate) mapping: Option<std::sync::Arc<crate::segments::MockSegments>>,
     /// Set while the device sleeps: the kept ranges (offset, bytes); the rest of the
     /// memory holds a poison pattern.
-    pub(crate) asleep: Mutex<Option<Vec<(u64, Vec<u8>)>>>,
+    pub(crate) asleep: Mutex<Option<KeptRanges>>,
 }
 
 impl Drop for NativeAllocation {

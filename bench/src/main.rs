@@ -69,6 +69,9 @@ enum Command {
         /// Where device memory comes from: `native` (the backend's pool) or `growable`.
         #[arg(long, default_value = "native", value_parser = parse_segments)]
         segments: gpuhal_hal::SegmentStrategy,
+        /// The pool's reserve floor in bytes (default: the pool's default).
+        #[arg(long)]
+        reserve_floor: Option<u64>,
     },
     /// Two processes on one device: export/import round trip checked, export and import
     /// latency, copy bandwidth through an imported buffer beside a local one.
@@ -176,20 +179,29 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             timeline,
             segments,
+            reserve_floor,
         } => {
             if let Some(svg) = &timeline {
                 draw_timeline(&trace, limit, svg)?;
             }
-            let mut report = replay(backend, device, &trace, limit, segments)?;
+            let mut pool = gpuhal_hal::PoolConfig {
+                segments,
+                ..Default::default()
+            };
+            if let Some(floor) = reserve_floor {
+                pool.reserve_floor = floor;
+            }
+            let mut report = replay(backend, device, &trace, limit, pool)?;
             if let Some(replay) = &report.replay {
                 println!("{replay}");
                 println!("{}", serde_json::to_string(replay)?);
             }
             let name = format!(
-                "replay-{}-{}-{}",
+                "replay-{}-{}-{}{}",
                 report.replay.as_ref().map_or("trace", |r| r.trace.as_str()),
                 backend.name(),
-                segments.name()
+                segments.name(),
+                reserve_floor.map_or(String::new(), |f| format!("-floor{f}"))
             );
             let json = report.write(&out.unwrap_or_else(default_out), &name)?;
             eprintln!("gpuhal-bench: wrote {}", json.display());
@@ -366,12 +378,8 @@ fn replay(
     ordinal: u32,
     trace: &Path,
     limit: Option<f64>,
-    segments: gpuhal_hal::SegmentStrategy,
+    pool: gpuhal_hal::PoolConfig,
 ) -> Result<Report> {
-    let pool = gpuhal_hal::PoolConfig {
-        segments,
-        ..Default::default()
-    };
     match backend {
         BackendName::Mock => {
             #[cfg(feature = "mock")]

@@ -272,7 +272,15 @@ pub struct ReplayReport {
     /// What the allocator that recorded the trace reserved at its peak, when the trace
     /// says (`torch_peak_reserved` in its header: PyTorch's traces and snapshots).
     pub recorded_peak_reserved_bytes: Option<u64>,
+    /// Highest device memory in use above what was in use when the replay began, as the
+    /// device reports it ([`Device::memory_info`](crate::Device::memory_info), sampled
+    /// every [`DEVICE_SAMPLE_EVENTS`] events and at the end): what the native source holds
+    /// beyond the pool's own accounting shows here. `None` when the device cannot say.
+    pub peak_device_bytes: Option<u64>,
 }
+
+/// How often [`replay`] samples the device's memory in use, in events.
+pub const DEVICE_SAMPLE_EVENTS: usize = 16;
 
 impl std::fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -296,6 +304,13 @@ impl std::fmt::Display for ReplayReport {
                 recorded as f64 / self.peak_live_bytes.max(1) as f64
             )?;
         }
+        if let Some(device) = self.peak_device_bytes {
+            write!(
+                f,
+                "; device memory in use peaked {device} B above the start ({:.4} x peak live)",
+                device as f64 / self.peak_live_bytes.max(1) as f64
+            )?;
+        }
         Ok(())
     }
 }
@@ -314,9 +329,20 @@ pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<Re
         }
     }
     let before = device.memory_stats();
+    let in_use = || {
+        device
+            .memory_info()
+            .ok()
+            .map(|(free, total)| total.saturating_sub(free))
+    };
+    let baseline = in_use();
+    let mut peak_device = baseline;
     let mut live: HashMap<u64, crate::Buffer<B>> = HashMap::with_capacity(1024);
     let start = std::time::Instant::now();
-    for event in &trace.events {
+    for (index, event) in trace.events.iter().enumerate() {
+        if index % DEVICE_SAMPLE_EVENTS == 0 {
+            peak_device = peak_device.max(in_use());
+        }
         match event.op {
             TraceOp::Alloc => {
                 let stream = &streams[&event.stream];
@@ -329,6 +355,7 @@ pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<Re
         }
     }
     let elapsed = start.elapsed();
+    peak_device = peak_device.max(in_use());
     let after = device.memory_stats();
     drop(live);
     let peak_live = trace.peak_live_bytes();
@@ -348,5 +375,8 @@ pub fn replay<B: crate::Backend>(device: &B::Device, trace: &Trace) -> Result<Re
         },
         ns_per_event: elapsed.as_nanos() as f64 / trace.events.len().max(1) as f64,
         recorded_peak_reserved_bytes: trace.header.get("torch_peak_reserved").and_then(|v| v.as_u64()),
+        peak_device_bytes: baseline
+            .zip(peak_device)
+            .map(|(start, peak)| peak.saturating_sub(start)),
     })
 }

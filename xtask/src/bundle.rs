@@ -383,9 +383,19 @@ step cuda-bench "$bundle/bin/gpuhal-bench" suite --backend cuda --out "$results/
 # Two processes on one GPU: an exported buffer checked both ways, export/import latency and
 # copy bandwidth through the imported buffer beside a local one.
 step cuda-sharing "$bundle/bin/gpuhal-bench" sharing --backend cuda --out "$results/bench"
-if [ ${#trace_args[@]} -gt 0 ]; then
-    step cuda-replay "$bundle/bin/gpuhal-bench" replay "${trace_args[1]}" --backend cuda --out "$results/bench"
-fi
+# Every trace, side by side: the stream-ordered pool, growable segments, and growable
+# segments with no reserve floor.
+step cuda-replay bash -c '
+    bench=$0; out=$1; status=0
+    for trace in "$(dirname "$bench")"/../traces/*.jsonl*; do
+        [ -f "$trace" ] || continue
+        for setting in "native" "growable" "growable --reserve-floor 0"; do
+            echo "--- $(basename "$trace") $setting"
+            # shellcheck disable=SC2086
+            "$bench" replay "$trace" --backend cuda --out "$out" --segments $setting || status=1
+        done
+    done
+    exit $status' "$bundle/bin/gpuhal-bench" "$results/bench"
 
 # A real PyTorch workload (GPT-2 training and generation, graph captures) once per
 # allocator, each in its own process: PyTorch's three options and gpuhal's two kinds.
