@@ -138,7 +138,7 @@ impl CudaMemory {
         self.segments.as_ref().map_or(0, GrowableSegments::mapped_bytes)
     }
 
-    /// Counters of the growable segments (physical memory held, chunks created and
+    /// Counters of the growable segments (physical memory held, handles created, bytes
     /// reused, bytes asleep), if the device uses them.
     pub fn segment_stats(&self) -> Option<SegmentStats> {
         self.segments.as_ref().map(GrowableSegments::stats)
@@ -500,6 +500,14 @@ impl Allocator for CudaMemory {
         match (&self.segments, kind) {
             (Some(segments), MemoryKind::Device) => rounded.next_multiple_of(segments.granularity()),
             _ => rounded,
+        }
+    }
+
+    fn trimmed(&self) {
+        if let Some(segments) = &self.segments {
+            if self.ctx.bind().is_ok() {
+                segments.unmap_released(false);
+            }
         }
     }
 

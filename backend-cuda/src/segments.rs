@@ -1,26 +1,32 @@
 //! Growable virtual-memory segments: device memory that gpuhal maps itself.
 //!
 //! Device addresses are reserved in large ranges once (`cuMemAddressReserve`). Physical
-//! memory is created in chunks of the mapping granularity (`cuMemCreate`, 2 MiB on
-//! current GPUs), each its own handle, and a native block the caching pool asks for is
-//! a run of chunks mapped back to back at a free place of a reserved range (`cuMemMap`
-//! per chunk, one `cuMemSetAccess` for the run).
+//! memory is created with `cuMemCreate` in multiples of the mapping granularity (2 MiB on
+//! current GPUs), and a native block the caching pool asks for is a run of physical
+//! *pieces* (parts of such handles) mapped back to back at a free place of a reserved
+//! range (`cuMemMap` per piece, one `cuMemSetAccess` for the run).
 //!
-//! Chunks, not blocks, are what is reused. A released block's chunks are at once free
-//! for a new block on the same stream, whatever its size: the new block's work is
-//! ordered after the old one's by the stream itself, so no wait is needed, and the
-//! device holds what the pool reserves rather than that plus what is waiting to be
-//! unmapped (PyTorch's `expandable_segments` makes the same bet). The released block's
-//! addresses stay mapped until an event recorded on its stream at the release has
-//! completed; then they are unmapped and go back to the free address ranges, and the
-//! chunks nobody took are released to the device. When physical memory runs out, chunks
-//! released on other streams are taken with the allocating stream made to wait for
-//! their event (on the device), and only then does an allocation wait on the CPU, for
-//! those events alone, never for the whole device.
+//! Physical memory, not blocks, is what is reused. A released block's pieces are at once
+//! free for a new block on the same stream, whatever its size (a piece is cut where the
+//! new block needs less): the new block's work is ordered after the old one's by the
+//! stream itself, so no wait is needed, and the device holds what the pool reserves
+//! rather than that plus what is waiting to be unmapped (PyTorch's `expandable_segments`
+//! makes the same bet). The released block's addresses stay mapped until an event
+//! recorded on its stream at the release has completed; then they are unmapped and go
+//! back to the free address ranges, and its pieces nobody took become *loose*: the next
+//! allocation on any stream takes them first, and what it leaves is released to the
+//! device (a handle goes when none of its bytes is in use; the loose rest of a handle
+//! still partly in use is kept for the next allocation, since it cannot be given back).
+//! When physical memory runs out, pieces released on other streams are taken with the
+//! allocating stream made to wait for their event (on the device), and only then does an
+//! allocation wait on the CPU, for those events alone, never for the whole device.
+//!
+//! A new block takes at most [`MAX_PIECES`] pieces and creates one new handle for the
+//! rest, so mapping stays a handful of driver calls however fragmented the memory is.
 //!
 //! Sleep releases the physical memory of every mapped block while keeping its addresses
 //! reserved, after copying the ranges the caller keeps to page-locked host memory; wake
-//! maps fresh chunks at the same addresses and copies the kept ranges back.
+//! maps fresh memory at the same addresses and copies the kept ranges back.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,15 +42,30 @@ use crate::stream::StreamHandle;
 /// Address space reserved at a time: more than any device has, so one range is the rule.
 const RESERVE_STEP: u64 = 256 << 30;
 
-/// A chunk of physical memory: one `cuMemCreate` handle of the granularity's size.
-type Chunk = u64;
+/// Most pieces of earlier memory a new block is made of; the rest is created new.
+const MAX_PIECES: usize = 16;
 
-/// A block handed to the pool: its chunks in address order, or, while the device
-/// sleeps, the contents kept in host memory.
+/// Physical memory: `len` bytes from `offset` of the `cuMemCreate` handle `handle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    handle: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// A `cuMemCreate` handle: its size and the bytes of it in blocks (mapped or released
+/// and not yet unmapped), the rest being loose.
+struct Handle {
+    size: u64,
+    in_use: u64,
+}
+
+/// A block handed to the pool: its pieces in address order (one mapping each), or, while
+/// the device sleeps, the contents kept in host memory.
 struct Mapped {
     size: u64,
-    chunks: Vec<Chunk>,
-    /// Set while asleep: the chunks are released and these ranges wait in host memory.
+    pieces: Vec<Piece>,
+    /// Set while asleep: the pieces are released and these ranges wait in host memory.
     asleep: Option<Vec<Kept>>,
 }
 
@@ -59,30 +80,50 @@ struct Kept {
 struct Released {
     address: CUdeviceptr,
     size: u64,
-    /// Its chunks in address order; `None` where a later block on the same stream (or a
-    /// stream made to wait) has taken the chunk over.
-    chunks: Vec<Option<Chunk>>,
+    /// The lengths of its mappings, in address order (each is unmapped alone).
+    mappings: Vec<u64>,
+    /// Its physical memory that no later block has taken over yet.
+    pieces: Vec<Piece>,
     /// The stream it was released on, held so that its identity cannot be reused by a
-    /// new stream while chunks of it may be taken without waiting.
+    /// new stream while pieces of it may be taken without waiting.
     stream: Option<StreamHandle>,
     event: Option<CudaMarker>,
 }
 
-impl Released {
-    fn take_chunks(&mut self, into: &mut Vec<Chunk>, count: usize) {
-        for slot in &mut self.chunks {
-            if into.len() == count {
-                return;
+/// Moves pieces from the back of `from` into `into` until `need` bytes are covered or
+/// `into` holds [`MAX_PIECES`]; the last piece taken is cut to what is needed, the rest of
+/// it staying in `from`. Returns the bytes taken.
+fn take_pieces(from: &mut Vec<Piece>, need: &mut u64, into: &mut Vec<Piece>) -> u64 {
+    let mut taken = 0;
+    while *need > 0 && into.len() < MAX_PIECES {
+        let Some(piece) = from.pop() else { break };
+        let len = piece.len.min(*need);
+        if len < piece.len {
+            from.push(Piece {
+                offset: piece.offset + len,
+                len: piece.len - len,
+                ..piece
+            });
+        }
+        into.push(Piece { len, ..piece });
+        *need -= len;
+        taken += len;
+    }
+    taken
+}
+
+/// Joins pieces that continue each other in the same handle, so they map as one.
+fn coalesce(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut joined: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match joined.last_mut() {
+            Some(last) if last.handle == piece.handle && last.offset + last.len == piece.offset => {
+                last.len += piece.len
             }
-            if let Some(chunk) = slot.take() {
-                into.push(chunk);
-            }
+            _ => joined.push(piece),
         }
     }
-
-    fn has_chunks(&self) -> bool {
-        self.chunks.iter().any(Option::is_some)
-    }
+    joined
 }
 
 #[derive(Default)]
@@ -93,28 +134,32 @@ struct State {
     free: BTreeMap<CUdeviceptr, u64>,
     mapped: HashMap<CUdeviceptr, Mapped>,
     released: Vec<Released>,
-    /// Physical memory held: chunks created and not yet released.
+    handles: HashMap<u64, Handle>,
+    /// Physical memory in no block: free for any stream.
+    loose: Vec<Piece>,
+    /// Physical memory held: the handles' sizes.
     physical_bytes: u64,
     /// Bytes of blocks asleep (their physical memory released, their addresses kept).
     asleep_bytes: u64,
-    chunks_created: u64,
-    chunks_reused: u64,
+    handles_created: u64,
+    reused_bytes: u64,
 }
 
 /// Counters of a device's growable segments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SegmentStats {
-    /// The size physical memory is created and mapped in.
+    /// The granularity physical memory is created and mapped in.
     pub granularity: u64,
-    /// Physical memory held now: mapped in live blocks, and released chunks whose
-    /// stream has not passed their last use yet.
+    /// Physical memory held now: in live blocks, in released blocks whose stream has not
+    /// passed their last use yet, and loose.
     pub physical_bytes: u64,
     /// Bytes of blocks asleep.
     pub asleep_bytes: u64,
-    /// Chunks created so far (`cuMemCreate`).
-    pub chunks_created: u64,
-    /// Chunks of released blocks mapped again for new blocks instead of creating new ones.
-    pub chunks_reused: u64,
+    /// `cuMemCreate` calls so far.
+    pub handles_created: u64,
+    /// Bytes of released blocks' physical memory mapped again for new blocks instead of
+    /// created new.
+    pub reused_bytes: u64,
 }
 
 /// The growable segments of one device.
@@ -142,12 +187,12 @@ impl GrowableSegments {
         Ok(segments)
     }
 
-    /// The size physical memory is created and mapped in.
+    /// The granularity physical memory is created and mapped in.
     pub(crate) fn granularity(&self) -> u64 {
         self.granularity
     }
 
-    /// Bytes of physical memory held now (released chunks not yet given back included).
+    /// Bytes of physical memory held now (released memory not yet given back included).
     pub(crate) fn mapped_bytes(&self) -> u64 {
         self.state.lock().physical_bytes
     }
@@ -158,8 +203,8 @@ impl GrowableSegments {
             granularity: self.granularity,
             physical_bytes: state.physical_bytes,
             asleep_bytes: state.asleep_bytes,
-            chunks_created: state.chunks_created,
-            chunks_reused: state.chunks_reused,
+            handles_created: state.handles_created,
+            reused_bytes: state.reused_bytes,
         }
     }
 
@@ -179,127 +224,153 @@ impl GrowableSegments {
     /// `stream`; returns the address and the size mapped.
     pub(crate) fn allocate(&self, size: u64, stream: &StreamHandle) -> Result<(CUdeviceptr, u64)> {
         let size = size.max(1).next_multiple_of(self.granularity);
-        let count = (size / self.granularity) as usize;
         let mut state = self.state.lock();
-        let mut ready = self.finish_completed(&mut state, false);
-        let mut chunks = Vec::with_capacity(count);
-        let from_ready = count.min(ready.len());
-        chunks.extend(ready.drain(..from_ready));
-        for released in state.released.iter_mut().rev() {
-            if chunks.len() == count {
+        self.finish_completed(&mut state, false);
+        let mut need = size;
+        let mut pieces = Vec::new();
+        // Loose memory first (nothing may still use it), then this stream's releases.
+        let from_loose = take_pieces(&mut state.loose, &mut need, &mut pieces);
+        Self::note_in_use(&mut state.handles, &pieces, 0);
+        let mut reused = from_loose;
+        for index in (0..state.released.len()).rev() {
+            if need == 0 || pieces.len() == MAX_PIECES {
                 break;
             }
+            let released = &mut state.released[index];
             if released.stream.as_ref().is_some_and(|s| s.raw() == stream.raw()) {
-                released.take_chunks(&mut chunks, count);
+                reused += take_pieces(&mut released.pieces, &mut need, &mut pieces);
             }
         }
-        state.chunks_reused += chunks.len() as u64;
-        self.release_chunks(&mut state, ready);
-        let outcome = self.create_rest(&mut state, &mut chunks, count, stream);
+        state.reused_bytes += reused;
+        let outcome = self.create_rest(&mut state, &mut pieces, need, stream);
+        self.drop_loose(&mut state);
         if let Err(err) = outcome {
-            self.release_chunks(&mut state, chunks);
+            self.abandon(&mut state, pieces, stream);
             return Err(err);
         }
+        let pieces = coalesce(pieces);
         let address = match self.take_address(&mut state, size) {
             Ok(address) => address,
             Err(err) => {
-                self.release_chunks(&mut state, chunks);
+                self.abandon(&mut state, pieces, stream);
                 return Err(err);
             }
         };
-        if let Err(native) = self.map_chunks(address, &chunks) {
+        if let Err(native) = self.map_pieces(address, &pieces) {
             give_range(&mut state.free, address, size);
-            self.release_chunks(&mut state, chunks);
+            self.abandon(&mut state, pieces, stream);
             return Err(Error::native(self.what("mapping", size), native));
         }
         state.mapped.insert(
             address,
             Mapped {
                 size,
-                chunks,
+                pieces,
                 asleep: None,
             },
         );
         Ok((address, size))
     }
 
-    /// Fills `chunks` up to `count` with new physical memory; when the device has none
-    /// left, with chunks released on other streams (the allocating stream waits for their
-    /// last use), and last with chunks whose releases it waited for on the CPU.
+    /// Gives back the pieces gathered for an allocation that failed. Some may still be in
+    /// use by work on `stream` (taken from its releases, or from other streams' with a
+    /// wait), so the stream is synchronised before they are loose for any stream (an
+    /// error path, not a hot one); if even that fails they are leaked, not shared.
+    fn abandon(&self, state: &mut State, pieces: Vec<Piece>, stream: &StreamHandle) {
+        if raw::stream_synchronize(stream.raw()).is_ok() {
+            self.make_loose(state, pieces);
+            self.drop_loose(state);
+        }
+    }
+
+    /// Counts `pieces[from..]` as in use by their handles.
+    fn note_in_use(handles: &mut HashMap<u64, Handle>, pieces: &[Piece], from: usize) {
+        for piece in &pieces[from..] {
+            if let Some(handle) = handles.get_mut(&piece.handle) {
+                handle.in_use += piece.len;
+            }
+        }
+    }
+
+    /// Covers the `need` bytes `pieces` still lack with one new handle; when the device has
+    /// no memory left, with pieces released on other streams (the allocating stream waits
+    /// for their last use), and last with pieces whose releases it waited for on the CPU.
     fn create_rest(
         &self,
         state: &mut State,
-        chunks: &mut Vec<Chunk>,
-        count: usize,
+        pieces: &mut Vec<Piece>,
+        mut need: u64,
         stream: &StreamHandle,
     ) -> Result<()> {
         let mut waited = false;
-        while chunks.len() < count {
-            match raw::mem_create(self.granularity, self.ordinal) {
-                Ok(chunk) => {
-                    chunks.push(chunk);
-                    state.physical_bytes += self.granularity;
-                    state.chunks_created += 1;
+        while need > 0 {
+            match raw::mem_create(need, self.ordinal) {
+                Ok(handle) => {
+                    state.handles.insert(
+                        handle,
+                        Handle {
+                            size: need,
+                            in_use: need,
+                        },
+                    );
+                    state.physical_bytes += need;
+                    state.handles_created += 1;
+                    pieces.push(Piece {
+                        handle,
+                        offset: 0,
+                        len: need,
+                    });
+                    return Ok(());
                 }
                 Err(native) if native.name.contains("OUT_OF_MEMORY") => {
-                    let before = chunks.len();
-                    self.take_from_other_streams(state, chunks, count, stream)?;
-                    if chunks.len() > before {
-                        state.chunks_reused += (chunks.len() - before) as u64;
+                    // Cut at most into many pieces now: memory matters more than calls.
+                    let before = need;
+                    for released in state.released.iter_mut() {
+                        if need == 0 {
+                            break;
+                        }
+                        let own = released.stream.as_ref().is_some_and(|s| s.raw() == stream.raw());
+                        if released.pieces.is_empty() || own {
+                            continue;
+                        }
+                        if let Some(event) = &released.event {
+                            raw::stream_wait_event(stream.raw(), event.raw()).context(|| {
+                                format!(
+                                    "ordering reuse of released physical memory on CUDA device {}",
+                                    self.ordinal
+                                )
+                            })?;
+                        }
+                        while need > 0 && !released.pieces.is_empty() {
+                            let mut one = Vec::new();
+                            take_pieces(&mut released.pieces, &mut need, &mut one);
+                            pieces.extend(one);
+                        }
+                    }
+                    state.reused_bytes += before - need;
+                    if need < before {
                         continue;
                     }
                     if waited || state.released.is_empty() {
-                        return Err(Error::native(
-                            self.what("creating", (count - chunks.len()) as u64 * self.granularity),
-                            native,
-                        ));
+                        return Err(Error::native(self.what("creating", need), native));
                     }
-                    // What is left was released on this stream and taken, or is waiting
-                    // to be unmapped: wait for the releases' events, use what they free
-                    // and give the rest back, then retry.
+                    // What is left waits to be unmapped: wait for the releases' events,
+                    // take what they free, and retry.
                     waited = true;
-                    let mut freed = self.finish_completed(state, true);
-                    let used = (count - chunks.len()).min(freed.len());
-                    chunks.extend(freed.drain(..used));
-                    state.chunks_reused += used as u64;
-                    self.release_chunks(state, freed);
+                    self.finish_completed(state, true);
+                    let mut taken = Vec::new();
+                    while need > 0 && !state.loose.is_empty() {
+                        let mut one = Vec::new();
+                        take_pieces(&mut state.loose, &mut need, &mut one);
+                        taken.extend(one);
+                    }
+                    Self::note_in_use(&mut state.handles, &taken, 0);
+                    state.reused_bytes += taken.iter().map(|p| p.len).sum::<u64>();
+                    pieces.extend(taken);
+                    self.drop_loose(state);
                 }
-                Err(native) => {
-                    return Err(Error::native(
-                        self.what("creating", (count - chunks.len()) as u64 * self.granularity),
-                        native,
-                    ))
-                }
+                Err(native) => return Err(Error::native(self.what("creating", need), native)),
             }
-        }
-        Ok(())
-    }
-
-    /// Takes chunks released on other streams, making `stream` wait on the device for
-    /// each release's event.
-    fn take_from_other_streams(
-        &self,
-        state: &mut State,
-        chunks: &mut Vec<Chunk>,
-        count: usize,
-        stream: &StreamHandle,
-    ) -> Result<()> {
-        for released in state.released.iter_mut() {
-            if chunks.len() == count {
-                break;
-            }
-            if !released.has_chunks() || released.stream.as_ref().is_some_and(|s| s.raw() == stream.raw()) {
-                continue;
-            }
-            if let Some(event) = &released.event {
-                raw::stream_wait_event(stream.raw(), event.raw()).context(|| {
-                    format!(
-                        "ordering reuse of released physical memory on CUDA device {}",
-                        self.ordinal
-                    )
-                })?;
-            }
-            released.take_chunks(chunks, count);
         }
         Ok(())
     }
@@ -312,46 +383,73 @@ impl GrowableSegments {
         take_range(&mut state.free, size).ok_or_else(|| self.no_room(size))
     }
 
-    /// Maps `chunks` back to back at `address` and makes the run accessible.
-    fn map_chunks(&self, address: CUdeviceptr, chunks: &[Chunk]) -> std::result::Result<(), NativeError> {
-        let granularity = self.granularity;
-        for (index, &chunk) in chunks.iter().enumerate() {
-            let at = address + index as u64 * granularity;
-            if let Err(native) = raw::mem_map(at, granularity, chunk) {
-                for undo in 0..index as u64 {
-                    let _ = raw::mem_unmap(address + undo * granularity, granularity);
-                }
+    /// Maps `pieces` back to back at `address` and makes the run accessible.
+    fn map_pieces(&self, address: CUdeviceptr, pieces: &[Piece]) -> std::result::Result<(), NativeError> {
+        let mut at = address;
+        for (index, piece) in pieces.iter().enumerate() {
+            if let Err(native) = raw::mem_map(at, piece.len, piece.handle, piece.offset) {
+                let lens: Vec<u64> = pieces[..index].iter().map(|p| p.len).collect();
+                self.unmap_run(address, &lens);
                 return Err(native);
             }
+            at += piece.len;
         }
-        let size = chunks.len() as u64 * granularity;
-        raw::mem_set_access_read_write(address, size, self.ordinal).inspect_err(|_| {
-            self.unmap_chunks(address, chunks.len());
+        raw::mem_set_access_read_write(address, at - address, self.ordinal).inspect_err(|_| {
+            let lens: Vec<u64> = pieces.iter().map(|p| p.len).collect();
+            self.unmap_run(address, &lens);
         })
     }
 
-    /// Unmaps `count` chunk mappings from `address` (one call per mapping, as each chunk
-    /// was mapped alone). Returns whether every unmap succeeded.
-    fn unmap_chunks(&self, address: CUdeviceptr, count: usize) -> bool {
+    /// Unmaps mappings of `lens` bytes back to back from `address`, one call each (as
+    /// each was mapped). Returns whether every unmap succeeded.
+    fn unmap_run(&self, address: CUdeviceptr, lens: &[u64]) -> bool {
         let mut all = true;
-        for index in 0..count as u64 {
-            all &= raw::mem_unmap(address + index * self.granularity, self.granularity).is_ok();
+        let mut at = address;
+        for &len in lens {
+            all &= raw::mem_unmap(at, len).is_ok();
+            at += len;
         }
         all
     }
 
-    fn release_chunks(&self, state: &mut State, chunks: Vec<Chunk>) {
-        for chunk in chunks {
-            // A handle still mapped at a released block's addresses is freed by the driver
-            // once that mapping goes.
-            let _ = raw::mem_release(chunk);
-            state.physical_bytes -= self.granularity;
+    /// Pieces leave their blocks: loose, no longer in use.
+    fn make_loose(&self, state: &mut State, pieces: Vec<Piece>) {
+        for piece in pieces {
+            if let Some(handle) = state.handles.get_mut(&piece.handle) {
+                handle.in_use -= piece.len;
+            }
+            state.loose.push(piece);
         }
+    }
+
+    /// Releases every handle none of whose bytes is in use, with its loose pieces; the
+    /// loose pieces of handles still partly in use stay for the next allocation.
+    fn drop_loose(&self, state: &mut State) {
+        let State {
+            handles,
+            loose,
+            physical_bytes,
+            ..
+        } = state;
+        loose.retain(|piece| {
+            let Some(handle) = handles.get(&piece.handle) else {
+                return false;
+            };
+            if handle.in_use > 0 {
+                return true;
+            }
+            let size = handle.size;
+            handles.remove(&piece.handle);
+            // A handle is released once; the driver frees it when its last mapping goes.
+            let _ = raw::mem_release(piece.handle);
+            *physical_bytes -= size;
+            false
+        });
     }
 
     /// Releases the block at `address` once the work `stream` has enqueued so far has
     /// completed (at once when `stream` is `None`, after synchronising: see below). Its
-    /// chunks can serve a new block on the same stream before then.
+    /// physical memory can serve a new block on the same stream before then.
     pub(crate) fn release(&self, address: CUdeviceptr, stream: Option<&StreamHandle>) -> Result<()> {
         let mut state = self.state.lock();
         let Some(mapped) = state.mapped.remove(&address) else {
@@ -390,17 +488,20 @@ impl GrowableSegments {
         state.released.push(Released {
             address,
             size: mapped.size,
-            chunks: mapped.chunks.into_iter().map(Some).collect(),
+            mappings: mapped.pieces.iter().map(|p| p.len).collect(),
+            pieces: mapped.pieces,
             stream: stream.cloned(),
             event,
         });
+        // Unmaps what is done (its events go back to the pool); the memory stays loose
+        // for the next allocation, which usually follows (the pool releases to make room).
+        self.finish_completed(&mut state, false);
         Ok(())
     }
 
     /// Unmaps released blocks whose stream has passed their last use (with `wait`, after
-    /// waiting for each one's event) and returns the chunks nobody took over.
-    fn finish_completed(&self, state: &mut State, wait: bool) -> Vec<Chunk> {
-        let mut ready = Vec::new();
+    /// waiting for each one's event); their pieces nobody took become loose.
+    fn finish_completed(&self, state: &mut State, wait: bool) {
         let mut index = 0;
         while index < state.released.len() {
             let done = match &state.released[index].event {
@@ -415,20 +516,19 @@ impl GrowableSegments {
             let released = state.released.swap_remove(index);
             // A failure leaves the range mapped and out of the free list: lost address
             // space, never a range handed out twice.
-            if self.unmap_chunks(released.address, released.chunks.len()) {
+            if self.unmap_run(released.address, &released.mappings) {
                 give_range(&mut state.free, released.address, released.size);
             }
-            ready.extend(released.chunks.into_iter().flatten());
+            self.make_loose(state, released.pieces);
         }
-        ready
     }
 
-    /// Unmaps what has completed and gives its physical memory back (for `trim`'s
-    /// callers who want the device's free memory to show the release now).
+    /// Unmaps what has completed and gives loose physical memory back (after the pool
+    /// trimmed, and for callers who want the device's free memory to show it now).
     pub(crate) fn unmap_released(&self, wait: bool) {
         let mut state = self.state.lock();
-        let ready = self.finish_completed(&mut state, wait);
-        self.release_chunks(&mut state, ready);
+        self.finish_completed(&mut state, wait);
+        self.drop_loose(&mut state);
     }
 
     /// Puts every mapped block to sleep: copies the parts of it that `keep` names
@@ -439,12 +539,13 @@ impl GrowableSegments {
     pub(crate) fn sleep(&self, keep: &[(u64, u64)]) -> Result<SleepReport> {
         raw::ctx_synchronize().context(|| format!("synchronising CUDA device {} before sleep", self.ordinal))?;
         let mut state = self.state.lock();
-        let ready = self.finish_completed(&mut state, true);
+        let held_before = state.physical_bytes;
+        self.finish_completed(&mut state, true);
+        self.drop_loose(&mut state);
         let mut report = SleepReport {
-            released_bytes: ready.len() as u64 * self.granularity,
+            released_bytes: held_before - state.physical_bytes,
             ..SleepReport::default()
         };
-        self.release_chunks(&mut state, ready);
         let mut keep: Vec<(u64, u64)> = keep.iter().copied().filter(|&(_, len)| len > 0).collect();
         keep.sort_unstable();
         let addresses: Vec<CUdeviceptr> = state
@@ -464,7 +565,8 @@ impl GrowableSegments {
                 free_kept(kept);
                 continue;
             };
-            if !self.unmap_chunks(address, mapped.chunks.len()) {
+            let lens: Vec<u64> = mapped.pieces.iter().map(|p| p.len).collect();
+            if !self.unmap_run(address, &lens) {
                 free_kept(kept);
                 return Err(Error::native(
                     self.what("unmapping for sleep", size),
@@ -475,15 +577,17 @@ impl GrowableSegments {
                     },
                 ));
             }
-            let chunks = std::mem::take(&mut mapped.chunks);
+            let pieces = std::mem::take(&mut mapped.pieces);
             mapped.asleep = Some(kept);
             state.asleep_bytes += size;
-            report.released_bytes += size;
             report.kept_bytes += kept_bytes;
             report.discarded_bytes += size - kept_bytes;
             report.blocks += 1;
-            self.release_chunks(&mut state, chunks);
+            self.make_loose(&mut state, pieces);
         }
+        let held = state.physical_bytes;
+        self.drop_loose(&mut state);
+        report.released_bytes += held - state.physical_bytes;
         Ok(report)
     }
 
@@ -528,8 +632,8 @@ impl GrowableSegments {
     /// much was woken; calling again retries the rest.
     pub(crate) fn wake(&self) -> Result<WakeReport> {
         let mut state = self.state.lock();
-        let ready = self.finish_completed(&mut state, false);
-        self.release_chunks(&mut state, ready);
+        self.finish_completed(&mut state, false);
+        self.drop_loose(&mut state);
         let mut report = WakeReport::default();
         let asleep: Vec<(CUdeviceptr, u64)> = state
             .mapped
@@ -538,37 +642,33 @@ impl GrowableSegments {
             .map(|(&a, m)| (a, m.size))
             .collect();
         for (address, size) in asleep {
-            let count = (size / self.granularity) as usize;
-            let mut chunks = Vec::with_capacity(count);
-            while chunks.len() < count {
-                match raw::mem_create(self.granularity, self.ordinal) {
-                    Ok(chunk) => {
-                        chunks.push(chunk);
-                        state.physical_bytes += self.granularity;
-                        state.chunks_created += 1;
-                    }
-                    Err(native) => {
-                        self.release_chunks(&mut state, chunks);
-                        return Err(Error::native(
-                            format!(
-                                "waking a {size}-byte block at {address:#x} on CUDA device {} \
-                                 ({} blocks, {} bytes woken before it)",
-                                self.ordinal, report.blocks, report.mapped_bytes
-                            ),
-                            native,
-                        ));
-                    }
-                }
-            }
-            if let Err(native) = self.map_chunks(address, &chunks) {
-                self.release_chunks(&mut state, chunks);
+            let handle = raw::mem_create(size, self.ordinal).map_err(|native| {
+                Error::native(
+                    format!(
+                        "waking a {size}-byte block at {address:#x} on CUDA device {} \
+                         ({} blocks, {} bytes woken before it)",
+                        self.ordinal, report.blocks, report.mapped_bytes
+                    ),
+                    native,
+                )
+            })?;
+            let piece = Piece {
+                handle,
+                offset: 0,
+                len: size,
+            };
+            if let Err(native) = self.map_pieces(address, &[piece]) {
+                let _ = raw::mem_release(handle);
                 return Err(Error::native(self.what("mapping on wake", size), native));
             }
+            state.handles.insert(handle, Handle { size, in_use: size });
+            state.physical_bytes += size;
+            state.handles_created += 1;
             let Some(mapped) = state.mapped.get_mut(&address) else {
                 continue;
             };
             let kept = mapped.asleep.take().unwrap_or_default();
-            mapped.chunks = chunks;
+            mapped.pieces = vec![piece];
             state.asleep_bytes -= size;
             report.blocks += 1;
             report.mapped_bytes += size;
@@ -618,24 +718,23 @@ impl Drop for GrowableSegments {
                 let _ = raw::event_synchronize(event.raw());
             }
         }
-        let granularity = self.granularity;
-        let unmap = |address: CUdeviceptr, count: usize| {
-            for index in 0..count as u64 {
-                let _ = raw::mem_unmap(address + index * granularity, granularity);
+        let unmap = |address: CUdeviceptr, lens: &[u64]| {
+            let mut at = address;
+            for &len in lens {
+                let _ = raw::mem_unmap(at, len);
+                at += len;
             }
         };
         for released in state.released.drain(..) {
-            unmap(released.address, released.chunks.len());
-            for chunk in released.chunks.into_iter().flatten() {
-                let _ = raw::mem_release(chunk);
-            }
+            unmap(released.address, &released.mappings);
         }
         for (address, mapped) in state.mapped.drain() {
-            unmap(address, mapped.chunks.len());
-            for chunk in mapped.chunks {
-                let _ = raw::mem_release(chunk);
-            }
+            let lens: Vec<u64> = mapped.pieces.iter().map(|p| p.len).collect();
+            unmap(address, &lens);
             free_kept(mapped.asleep.unwrap_or_default());
+        }
+        for (&handle, _) in state.handles.iter() {
+            let _ = raw::mem_release(handle);
         }
         for (address, size) in state.reserved.drain(..) {
             let _ = raw::mem_address_free(address, size);
@@ -695,22 +794,50 @@ mod tests {
         assert_eq!(free.get(&0x1000_0000), Some(&(8 << 20)));
     }
 
+    fn piece(handle: u64, offset: u64, len: u64) -> Piece {
+        Piece { handle, offset, len }
+    }
+
     #[test]
-    fn a_released_block_gives_its_chunks_in_address_order_and_keeps_the_mapping() {
-        let mut released = Released {
-            address: 0x1000,
-            size: 3 << 21,
-            chunks: vec![Some(7), Some(8), Some(9)],
-            stream: None,
-            event: None,
-        };
-        let mut taken = Vec::new();
-        released.take_chunks(&mut taken, 2);
-        assert_eq!(taken, vec![7, 8]);
-        assert!(released.has_chunks());
-        released.take_chunks(&mut taken, 5);
-        assert_eq!(taken, vec![7, 8, 9]);
-        assert!(!released.has_chunks());
-        assert_eq!(released.chunks.len(), 3, "every mapping is still unmapped later");
+    fn pieces_are_taken_from_the_back_and_the_last_one_is_cut() {
+        let mut from = vec![piece(1, 0, 8 << 20), piece(2, 0, 4 << 20)];
+        let mut need = 6 << 20;
+        let mut into = Vec::new();
+        assert_eq!(take_pieces(&mut from, &mut need, &mut into), 6 << 20);
+        assert_eq!(need, 0);
+        assert_eq!(into, vec![piece(2, 0, 4 << 20), piece(1, 0, 2 << 20)]);
+        assert_eq!(
+            from,
+            vec![piece(1, 2 << 20, 6 << 20)],
+            "the rest of the cut piece stays"
+        );
+    }
+
+    #[test]
+    fn a_block_takes_at_most_max_pieces() {
+        let mut from: Vec<Piece> = (0..40).map(|h| piece(h, 0, 2 << 20)).collect();
+        let mut need = 100 << 20;
+        let mut into = Vec::new();
+        take_pieces(&mut from, &mut need, &mut into);
+        assert_eq!(into.len(), MAX_PIECES);
+        assert_eq!(
+            need,
+            (100 << 20) - MAX_PIECES as u64 * (2 << 20),
+            "the rest is created new"
+        );
+    }
+
+    #[test]
+    fn continuing_pieces_of_one_handle_map_as_one() {
+        let joined = coalesce(vec![
+            piece(1, 0, 2 << 20),
+            piece(1, 2 << 20, 4 << 20),
+            piece(2, 0, 2 << 20),
+            piece(1, 8 << 20, 2 << 20),
+        ]);
+        assert_eq!(
+            joined,
+            vec![piece(1, 0, 6 << 20), piece(2, 0, 2 << 20), piece(1, 8 << 20, 2 << 20)]
+        );
     }
 }

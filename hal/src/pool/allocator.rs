@@ -302,7 +302,10 @@ impl<N: Allocator> CachingAllocator<N> {
     /// Blocks still waiting on another stream's work stay held.
     pub fn trim(&self) -> u64 {
         let mut global = self.shared.global.lock();
-        self.shared.evict(&mut global, u64::MAX)
+        let released = self.shared.evict(&mut global, u64::MAX);
+        drop(global);
+        self.shared.native.trimmed();
+        released
     }
 
     /// Puts the device's memory to sleep (see the [`sleep`](crate::SleepReport) module's

@@ -172,6 +172,11 @@ pub trait Allocator: Send + Sync + Sized + 'static {
     /// A buffer's block went back to the pool (checking backends only).
     fn on_returned(&self, _block: &NativeBlock, _stream: StreamId) {}
 
+    /// The pool has finished releasing what [`trim`](super::CachingAllocator::trim) asked
+    /// of it. A source that keeps released memory for the allocation that usually follows
+    /// a release (growable segments do) gives it back to the device now.
+    fn trimmed(&self) {}
+
     /// Whether [`sleep`](Self::sleep) can work now.
     fn can_sleep(&self) -> bool {
         false
