@@ -244,15 +244,12 @@ pub(crate) fn mem_release(handle: u64) -> NativeResult<()> {
     check("cuMemRelease", unsafe { sys::cuMemRelease(handle) })
 }
 
-/// Maps `size` bytes of `handle` from byte `offset` at `dptr`, inside a reserved range.
-/// Nothing can use the range until [`mem_set_access_read_write`] has been called on it.
-pub(crate) fn mem_map(dptr: CUdeviceptr, size: u64, handle: u64, offset: u64) -> NativeResult<()> {
-    with_relaxed_capture_mode(|| {
-        // SAFETY: `dptr..dptr + size` lies in a range this crate reserved and has nothing mapped; `offset + size` is within the handle.
-        check("cuMemMap", unsafe {
-            sys::cuMemMap(dptr, size as usize, offset as usize, handle, 0)
-        })
-    })
+/// Maps all of `handle` (`size` bytes) at `dptr`, inside a reserved range (the driver
+/// maps handles whole: its offset argument must be 0). Nothing can use the range until
+/// [`mem_set_access_read_write`] has been called on it.
+pub(crate) fn mem_map(dptr: CUdeviceptr, size: u64, handle: u64) -> NativeResult<()> {
+    // SAFETY: `dptr..dptr + size` lies in a range this crate reserved and has nothing mapped.
+    with_relaxed_capture_mode(|| check("cuMemMap", unsafe { sys::cuMemMap(dptr, size as usize, 0, handle, 0) }))
 }
 
 /// Makes the mapped range `dptr..dptr + size` (one mapping or several back to back)

@@ -2,27 +2,27 @@
 //!
 //! Device addresses are reserved in large ranges once (`cuMemAddressReserve`). Physical
 //! memory is created with `cuMemCreate` in multiples of the mapping granularity (2 MiB on
-//! current GPUs), and a native block the caching pool asks for is a run of physical
-//! *pieces* (parts of such handles) mapped back to back at a free place of a reserved
-//! range (`cuMemMap` per piece, one `cuMemSetAccess` for the run).
+//! current GPUs), and a native block the caching pool asks for is a run of such handles
+//! (*pieces*) mapped back to back at a free place of a reserved range (`cuMemMap` per
+//! piece, one `cuMemSetAccess` for the run). The driver maps a handle whole (its offset
+//! argument must be 0), so pieces are never cut.
 //!
 //! Physical memory, not blocks, is what is reused. A released block's pieces are at once
-//! free for a new block on the same stream, whatever its size (a piece is cut where the
-//! new block needs less): the new block's work is ordered after the old one's by the
-//! stream itself, so no wait is needed, and the device holds what the pool reserves
-//! rather than that plus what is waiting to be unmapped (PyTorch's `expandable_segments`
-//! makes the same bet). The released block's addresses stay mapped until an event
+//! free for a new block on the same stream, of any size they fit in: the new block's work
+//! is ordered after the old one's by the stream itself, so no wait is needed, and the
+//! device holds what the pool reserves rather than that plus what is waiting to be
+//! unmapped (PyTorch's `expandable_segments` makes the same bet). What reuse does not
+//! cover is one new handle. The released block's addresses stay mapped until an event
 //! recorded on its stream at the release has completed; then they are unmapped and go
 //! back to the free address ranges, and its pieces nobody took become *loose*: the next
-//! allocation on any stream takes them first, and what it leaves is released to the
-//! device (a handle goes when none of its bytes is in use; the loose rest of a handle
-//! still partly in use is kept for the next allocation, since it cannot be given back).
-//! When physical memory runs out, pieces released on other streams are taken with the
+//! allocation, on any stream, takes them first and releases the rest to the device (as
+//! does [`unmap_released`](GrowableSegments::unmap_released), after a trim). When
+//! physical memory runs out, pieces released on other streams are taken with the
 //! allocating stream made to wait for their event (on the device), and only then does an
 //! allocation wait on the CPU, for those events alone, never for the whole device.
 //!
-//! A new block takes at most [`MAX_PIECES`] pieces and creates one new handle for the
-//! rest, so mapping stays a handful of driver calls however fragmented the memory is.
+//! A new block takes at most [`MAX_PIECES`] pieces of earlier memory, so mapping stays a
+//! handful of driver calls however fragmented the memory is.
 //!
 //! Sleep releases the physical memory of every mapped block while keeping its addresses
 //! reserved, after copying the ranges the caller keeps to page-locked host memory; wake
@@ -45,11 +45,10 @@ const RESERVE_STEP: u64 = 256 << 30;
 /// Most pieces of earlier memory a new block is made of; the rest is created new.
 const MAX_PIECES: usize = 16;
 
-/// Physical memory: `len` bytes from `offset` of the `cuMemCreate` handle `handle`.
+/// Physical memory: a `cuMemCreate` handle of `len` bytes, mapped whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Piece {
     handle: u64,
-    offset: u64,
     len: u64,
 }
 
@@ -90,40 +89,29 @@ struct Released {
     event: Option<CudaMarker>,
 }
 
-/// Moves pieces from the back of `from` into `into` until `need` bytes are covered or
-/// `into` holds [`MAX_PIECES`]; the last piece taken is cut to what is needed, the rest of
-/// it staying in `from`. Returns the bytes taken.
+/// Moves whole pieces of `from` into `into`, largest first, while they fit in the
+/// `need` bytes still uncovered and `into` holds fewer than [`MAX_PIECES`]. (A handle is
+/// mapped whole: `cuMemMap` takes no offset into it.) Returns the bytes taken.
 fn take_pieces(from: &mut Vec<Piece>, need: &mut u64, into: &mut Vec<Piece>) -> u64 {
+    let mut order: Vec<usize> = (0..from.len()).collect();
+    order.sort_unstable_by_key(|&i| std::cmp::Reverse(from[i].len));
+    let mut chosen = Vec::new();
     let mut taken = 0;
-    while *need > 0 && into.len() < MAX_PIECES {
-        let Some(piece) = from.pop() else { break };
-        let len = piece.len.min(*need);
-        if len < piece.len {
-            from.push(Piece {
-                offset: piece.offset + len,
-                len: piece.len - len,
-                ..piece
-            });
+    for index in order {
+        if into.len() + chosen.len() == MAX_PIECES || *need == 0 {
+            break;
         }
-        into.push(Piece { len, ..piece });
-        *need -= len;
-        taken += len;
+        if from[index].len <= *need {
+            *need -= from[index].len;
+            taken += from[index].len;
+            chosen.push(index);
+        }
+    }
+    chosen.sort_unstable_by(|a, b| b.cmp(a));
+    for index in chosen {
+        into.push(from.swap_remove(index));
     }
     taken
-}
-
-/// Joins pieces that continue each other in the same handle, so they map as one.
-fn coalesce(pieces: Vec<Piece>) -> Vec<Piece> {
-    let mut joined: Vec<Piece> = Vec::with_capacity(pieces.len());
-    for piece in pieces {
-        match joined.last_mut() {
-            Some(last) if last.handle == piece.handle && last.offset + last.len == piece.offset => {
-                last.len += piece.len
-            }
-            _ => joined.push(piece),
-        }
-    }
-    joined
 }
 
 #[derive(Default)]
@@ -248,7 +236,6 @@ impl GrowableSegments {
             self.abandon(&mut state, pieces, stream);
             return Err(err);
         }
-        let pieces = coalesce(pieces);
         let address = match self.take_address(&mut state, size) {
             Ok(address) => address,
             Err(err) => {
@@ -315,15 +302,10 @@ impl GrowableSegments {
                     );
                     state.physical_bytes += need;
                     state.handles_created += 1;
-                    pieces.push(Piece {
-                        handle,
-                        offset: 0,
-                        len: need,
-                    });
+                    pieces.push(Piece { handle, len: need });
                     return Ok(());
                 }
                 Err(native) if native.name.contains("OUT_OF_MEMORY") => {
-                    // Cut at most into many pieces now: memory matters more than calls.
                     let before = need;
                     for released in state.released.iter_mut() {
                         if need == 0 {
@@ -341,11 +323,9 @@ impl GrowableSegments {
                                 )
                             })?;
                         }
-                        while need > 0 && !released.pieces.is_empty() {
-                            let mut one = Vec::new();
-                            take_pieces(&mut released.pieces, &mut need, &mut one);
-                            pieces.extend(one);
-                        }
+                        let mut taken = Vec::new();
+                        take_pieces(&mut released.pieces, &mut need, &mut taken);
+                        pieces.extend(taken);
                     }
                     state.reused_bytes += before - need;
                     if need < before {
@@ -359,11 +339,7 @@ impl GrowableSegments {
                     waited = true;
                     self.finish_completed(state, true);
                     let mut taken = Vec::new();
-                    while need > 0 && !state.loose.is_empty() {
-                        let mut one = Vec::new();
-                        take_pieces(&mut state.loose, &mut need, &mut one);
-                        taken.extend(one);
-                    }
+                    take_pieces(&mut state.loose, &mut need, &mut taken);
                     Self::note_in_use(&mut state.handles, &taken, 0);
                     state.reused_bytes += taken.iter().map(|p| p.len).sum::<u64>();
                     pieces.extend(taken);
@@ -387,7 +363,7 @@ impl GrowableSegments {
     fn map_pieces(&self, address: CUdeviceptr, pieces: &[Piece]) -> std::result::Result<(), NativeError> {
         let mut at = address;
         for (index, piece) in pieces.iter().enumerate() {
-            if let Err(native) = raw::mem_map(at, piece.len, piece.handle, piece.offset) {
+            if let Err(native) = raw::mem_map(at, piece.len, piece.handle) {
                 let lens: Vec<u64> = pieces[..index].iter().map(|p| p.len).collect();
                 self.unmap_run(address, &lens);
                 return Err(native);
@@ -422,8 +398,7 @@ impl GrowableSegments {
         }
     }
 
-    /// Releases every handle none of whose bytes is in use, with its loose pieces; the
-    /// loose pieces of handles still partly in use stay for the next allocation.
+    /// Releases the handles of loose pieces (none of their bytes is in a block).
     fn drop_loose(&self, state: &mut State) {
         let State {
             handles,
@@ -652,11 +627,7 @@ impl GrowableSegments {
                     native,
                 )
             })?;
-            let piece = Piece {
-                handle,
-                offset: 0,
-                len: size,
-            };
+            let piece = Piece { handle, len: size };
             if let Err(native) = self.map_pieces(address, &[piece]) {
                 let _ = raw::mem_release(handle);
                 return Err(Error::native(self.what("mapping on wake", size), native));
@@ -794,28 +765,35 @@ mod tests {
         assert_eq!(free.get(&0x1000_0000), Some(&(8 << 20)));
     }
 
-    fn piece(handle: u64, offset: u64, len: u64) -> Piece {
-        Piece { handle, offset, len }
+    fn piece(handle: u64, len: u64) -> Piece {
+        Piece { handle, len }
     }
 
     #[test]
-    fn pieces_are_taken_from_the_back_and_the_last_one_is_cut() {
-        let mut from = vec![piece(1, 0, 8 << 20), piece(2, 0, 4 << 20)];
-        let mut need = 6 << 20;
+    fn whole_pieces_are_taken_largest_first_while_they_fit() {
+        let mut from = vec![
+            piece(1, 8 << 20),
+            piece(2, 4 << 20),
+            piece(3, 2 << 20),
+            piece(4, 2 << 20),
+        ];
+        let mut need = 7 << 20;
         let mut into = Vec::new();
         assert_eq!(take_pieces(&mut from, &mut need, &mut into), 6 << 20);
-        assert_eq!(need, 0);
-        assert_eq!(into, vec![piece(2, 0, 4 << 20), piece(1, 0, 2 << 20)]);
+        assert_eq!(need, 1 << 20, "what no piece fits is created new");
+        into.sort_unstable_by_key(|p| p.handle);
+        assert_eq!(into, vec![piece(2, 4 << 20), piece(3, 2 << 20)]);
+        from.sort_unstable_by_key(|p| p.handle);
         assert_eq!(
             from,
-            vec![piece(1, 2 << 20, 6 << 20)],
-            "the rest of the cut piece stays"
+            vec![piece(1, 8 << 20), piece(4, 2 << 20)],
+            "too large to map whole, or not needed"
         );
     }
 
     #[test]
     fn a_block_takes_at_most_max_pieces() {
-        let mut from: Vec<Piece> = (0..40).map(|h| piece(h, 0, 2 << 20)).collect();
+        let mut from: Vec<Piece> = (0..40).map(|h| piece(h, 2 << 20)).collect();
         let mut need = 100 << 20;
         let mut into = Vec::new();
         take_pieces(&mut from, &mut need, &mut into);
@@ -824,20 +802,6 @@ mod tests {
             need,
             (100 << 20) - MAX_PIECES as u64 * (2 << 20),
             "the rest is created new"
-        );
-    }
-
-    #[test]
-    fn continuing_pieces_of_one_handle_map_as_one() {
-        let joined = coalesce(vec![
-            piece(1, 0, 2 << 20),
-            piece(1, 2 << 20, 4 << 20),
-            piece(2, 0, 2 << 20),
-            piece(1, 8 << 20, 2 << 20),
-        ]);
-        assert_eq!(
-            joined,
-            vec![piece(1, 0, 6 << 20), piece(2, 0, 2 << 20), piece(1, 8 << 20, 2 << 20)]
         );
     }
 }
