@@ -13,7 +13,7 @@ use enum_dispatch::enum_dispatch;
 use gpuhal_hal::{
     Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, Graph, GraphExec,
     GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryReport, MemoryStats, Result,
-    Stream, StreamId,
+    SleepReport, Stream, StreamId, WakeReport,
 };
 
 mod sealed {
@@ -154,6 +154,14 @@ pub trait DynDevice {
     /// Makes `host` usable by the device by the cheapest path `policy` allows (see
     /// [`Device::import_host`]).
     fn import_host<'a>(&self, host: &'a [u8], policy: ImportPolicy, stream: &AnyStream) -> Result<HostImport<'a>>;
+    /// Puts the device's memory to sleep, keeping the contents of `keep` (see
+    /// [`CachingAllocator::sleep`](crate::CachingAllocator::sleep)): needs growable
+    /// segments, [`Error::Unsupported`] otherwise; a buffer of another backend is
+    /// [`Error::BackendMismatch`].
+    fn sleep(&self, keep: &[&AnyBuffer]) -> Result<SleepReport>;
+    /// Wakes memory put to sleep, restoring what was kept (see
+    /// [`CachingAllocator::wake`](crate::CachingAllocator::wake)).
+    fn wake(&self) -> Result<WakeReport>;
 }
 
 /// Stream operations, whatever the backend. Implemented by [`AnyStream`].
@@ -353,6 +361,16 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     }
     fn import_host<'a>(&self, host: &'a [u8], policy: ImportPolicy, stream: &AnyStream) -> Result<HostImport<'a>> {
         self.0.import_host(host, policy, B::stream_of(stream, "import_host")?)
+    }
+    fn sleep(&self, keep: &[&AnyBuffer]) -> Result<SleepReport> {
+        let keep = keep
+            .iter()
+            .map(|buffer| B::buffer_of(buffer, "sleep"))
+            .collect::<Result<Vec<_>>>()?;
+        self.0.allocator().sleep(&keep)
+    }
+    fn wake(&self) -> Result<WakeReport> {
+        self.0.allocator().wake()
     }
 }
 
@@ -783,6 +801,19 @@ impl AnyDevice {
     /// [`segments`](crate::PoolConfig::segments) strategy included (a backend without
     /// growable segments refuses them with [`Error::Unsupported`]).
     pub fn open_with(backend: &str, ordinal: u32, config: crate::PoolConfig) -> Result<AnyDevice> {
+        Self::open_inner(backend, ordinal, config, false)
+    }
+
+    /// [`open_with`](Self::open_with), with sharing enabled: the device's
+    /// [`MemoryKind::Device`] allocations come from an exportable native pool, so
+    /// their memory can be exported to another process or device (CUDA:
+    /// `CudaDevice::open_shared`; the mock: `MockConfig::sharing`). A backend or device
+    /// without [`Capabilities::IPC`] refuses with [`Error::Unsupported`].
+    pub fn open_shared(backend: &str, ordinal: u32, config: crate::PoolConfig) -> Result<AnyDevice> {
+        Self::open_inner(backend, ordinal, config, true)
+    }
+
+    fn open_inner(backend: &str, ordinal: u32, config: crate::PoolConfig, sharing: bool) -> Result<AnyDevice> {
         let (name, variant) = match backend.split_once(':') {
             Some((name, variant)) => (name, Some(variant)),
             None => (backend, None),
@@ -798,16 +829,28 @@ impl AnyDevice {
                     profile,
                     ordinal,
                     pool: config,
+                    sharing,
                     ..Default::default()
                 };
                 gpuhal_mock::MockDevice::open(config).map(|device| AnyDevice::Mock(DeviceOf(device)))
             }
             #[cfg(feature = "cuda")]
             ("cuda", None) => {
-                gpuhal_cuda::CudaDevice::open_with(ordinal, config).map(|device| AnyDevice::Cuda(DeviceOf(device)))
+                let device = if sharing {
+                    gpuhal_cuda::CudaDevice::open_shared(ordinal, config)
+                } else {
+                    gpuhal_cuda::CudaDevice::open_with(ordinal, config)
+                };
+                device.map(|device| AnyDevice::Cuda(DeviceOf(device)))
             }
             #[cfg(feature = "vulkan")]
             ("vulkan", None) => {
+                if sharing {
+                    return Err(Error::Unsupported {
+                        operation: "open with sharing enabled",
+                        needed: crate::Capabilities::IPC,
+                    });
+                }
                 if config.segments != crate::SegmentStrategy::Native {
                     return Err(Error::Unsupported {
                         operation: "open with growable segments",

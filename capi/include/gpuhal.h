@@ -68,6 +68,14 @@
 // Advice bit: mostly read (read-duplicated).
 #define GPUHAL_ADVICE_READ_MOSTLY (1 << 4)
 
+// `GpuhalOpenOptions::segments`: device memory from the backend's stream-ordered pool
+// (the default).
+#define GPUHAL_SEGMENTS_NATIVE 0
+
+// `GpuhalOpenOptions::segments`: growable virtual-memory segments gpuhal maps itself
+// (needed by `gpuhal_sleep`).
+#define GPUHAL_SEGMENTS_GROWABLE 1
+
 // The device reads the pageable host memory directly.
 #define GPUHAL_IMPORT_COHERENT 0
 
@@ -126,6 +134,15 @@ typedef struct {
   uint64_t id;
 } GpuhalDevice;
 
+// How `gpuhal_device_open_with` opens a device.
+typedef struct {
+  // `GPUHAL_SEGMENTS_*`: where device memory comes from.
+  uint32_t segments;
+  // Serve device memory from an exportable pool, so `gpuhal_export` can share it with
+  // another process or device.
+  bool sharing;
+} GpuhalOpenOptions;
+
 // What a device is.
 typedef struct {
   // The backend's name, NUL-terminated ("cuda", "vulkan", "mock").
@@ -174,6 +191,8 @@ typedef struct {
   uint64_t oom_errors;
   // Native frees that failed.
   uint64_t failed_frees;
+  // Bytes of device memory asleep (`gpuhal_sleep`): released, addresses kept.
+  uint64_t asleep_bytes;
 } GpuhalMemoryStats;
 
 // Event pool counters, as `gpuhal::EventStats`.
@@ -276,6 +295,28 @@ typedef struct {
   uint64_t device_address;
 } GpuhalImportResult;
 
+// What `gpuhal_sleep` did, as `gpuhal::SleepReport`.
+typedef struct {
+  // Physical memory given back: idle cached blocks and the memory under live ones.
+  uint64_t released_bytes;
+  // Bytes copied to host memory, restored on wake.
+  uint64_t kept_bytes;
+  // Bytes of sleeping allocations not kept: undefined after wake.
+  uint64_t discarded_bytes;
+  // Native blocks put to sleep.
+  uint64_t blocks;
+} GpuhalSleepReport;
+
+// What `gpuhal_wake` did, as `gpuhal::WakeReport`.
+typedef struct {
+  // Physical memory mapped again under sleeping blocks.
+  uint64_t mapped_bytes;
+  // Kept bytes copied back.
+  uint64_t restored_bytes;
+  // Native blocks woken.
+  uint64_t blocks;
+} GpuhalWakeReport;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -287,6 +328,19 @@ extern "C" {
 //
 // `backend` is a NUL-terminated string; `out` is valid for a write.
 GpuhalStatus gpuhal_device_open(const char *backend, uint32_t ordinal, GpuhalDevice *out);
+
+// `gpuhal_device_open` with `options` (NULL: the defaults, as `gpuhal_device_open`):
+// growable segments (`GPUHAL_CAP_GROWABLE_SEGMENTS`) and sharing (`GPUHAL_CAP_IPC`); a
+// device without the capability asked for is `GPUHAL_STATUS_UNSUPPORTED`.
+//
+// # Safety
+//
+// `backend` is a NUL-terminated string; `options` is NULL or valid for a read; `out` is
+// valid for a write.
+GpuhalStatus gpuhal_device_open_with(const char *backend,
+                                     uint32_t ordinal,
+                                     const GpuhalOpenOptions *options,
+                                     GpuhalDevice *out);
 
 // Closes a device. Its outstanding allocations are freed (stream-ordered); streams and
 // other objects made from it keep working until they are destroyed.
@@ -549,6 +603,33 @@ GpuhalStatus gpuhal_memory_report_json(GpuhalDevice device_handle, char **out, s
 // `text` is null or a string from gpuhal not yet freed.
 void gpuhal_string_free(char *text);
 
+// Releases the physical memory of everything `device` holds (idle cached blocks and live
+// allocations) while their addresses stay valid, after copying the allocations that the
+// `count` pointers at `keep` fall into to host memory. A pointer inside an allocation
+// keeps all of it; NULL entries keep nothing. Allocations not kept read back undefined
+// after `gpuhal_wake`. Until then no work may touch the device's memory, and nothing
+// should be allocated. Needs a device opened with growable segments:
+// `GPUHAL_STATUS_UNSUPPORTED` otherwise, with nothing released. A pointer this device
+// did not hand out is refused before anything sleeps. `out` may be NULL.
+//
+// # Safety
+//
+// `keep` is valid for reads of `count` pointers (or `count` is 0); `out` is NULL or
+// valid for a write.
+GpuhalStatus gpuhal_sleep(GpuhalDevice device_handle,
+                          const void *const *keep,
+                          size_t count,
+                          GpuhalSleepReport *out);
+
+// Wakes what `gpuhal_sleep` put to sleep: maps physical memory again at the same
+// addresses and restores the kept contents. On `GPUHAL_STATUS_OUT_OF_MEMORY` what woke
+// stays awake and calling again retries the rest. `out` may be NULL.
+//
+// # Safety
+//
+// `out` is NULL or valid for a write.
+GpuhalStatus gpuhal_wake(GpuhalDevice device_handle, GpuhalWakeReport *out);
+
 // The message of this thread's last failed call, or null if none failed yet. The text
 // stays valid until the next failing call on this thread.
 const char *gpuhal_last_error_message(void);
@@ -658,6 +739,28 @@ GpuhalStatus gpuhal_torch_memory_report_json(int device, char **out, size_t *len
 //
 // Each pointer is null or valid for a write.
 GpuhalStatus gpuhal_torch_error_counts(int device, uint64_t *malloc_errors, uint64_t *free_errors);
+
+// `gpuhal_sleep` on the gpuhal device serving torch device `device`: `keep` holds `count`
+// tensor data pointers (`tensor.data_ptr()`) whose allocations keep their contents; every
+// other allocation's memory is released and reads back undefined after
+// [`gpuhal_torch_wake`]. Needs `GPUHAL_SEGMENTS=growable` (`GPUHAL_STATUS_UNSUPPORTED`
+// otherwise). `out` may be NULL.
+//
+// # Safety
+//
+// `keep` is valid for reads of `count` pointers (or `count` is 0); `out` is NULL or
+// valid for a write.
+GpuhalStatus gpuhal_torch_sleep(int device,
+                                const void *const *keep,
+                                size_t count,
+                                GpuhalSleepReport *out);
+
+// `gpuhal_wake` on the gpuhal device serving torch device `device`. `out` may be NULL.
+//
+// # Safety
+//
+// `out` is NULL or valid for a write.
+GpuhalStatus gpuhal_torch_wake(int device, GpuhalWakeReport *out);
 
 // The gpuhal device serving torch device `device` (opened now if torch has not used it
 // yet), for the generic functions: `gpuhal_trim`, limits, `gpuhal_free` … Do not close it.

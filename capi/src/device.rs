@@ -29,11 +29,34 @@ impl DeviceEntry {
     /// [`open`](Self::open) with `config` for the device's caching allocator.
     pub fn open_with(function: &str, backend: &str, ordinal: u32, config: gpuhal::PoolConfig) -> Result<u64, Failure> {
         let device = AnyDevice::open_with(backend, ordinal, config).in_function(function)?;
-        Ok(DEVICES.insert(DeviceEntry {
+        Ok(Self::register(device))
+    }
+
+    /// Registers an opened device; returns its handle id.
+    pub fn register(device: AnyDevice) -> u64 {
+        DEVICES.insert(DeviceEntry {
             device,
             allocations: Allocations::default(),
-        }))
+        })
     }
+}
+
+/// `GpuhalOpenOptions::segments`: device memory from the backend's stream-ordered pool
+/// (the default).
+pub const GPUHAL_SEGMENTS_NATIVE: u32 = 0;
+/// `GpuhalOpenOptions::segments`: growable virtual-memory segments gpuhal maps itself
+/// (needed by `gpuhal_sleep`).
+pub const GPUHAL_SEGMENTS_GROWABLE: u32 = 1;
+
+/// How `gpuhal_device_open_with` opens a device.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuhalOpenOptions {
+    /// `GPUHAL_SEGMENTS_*`: where device memory comes from.
+    pub segments: u32,
+    /// Serve device memory from an exportable pool, so `gpuhal_export` can share it with
+    /// another process or device.
+    pub sharing: bool,
 }
 
 /// What a device is.
@@ -88,6 +111,8 @@ pub struct GpuhalMemoryStats {
     pub oom_errors: u64,
     /// Native frees that failed.
     pub failed_frees: u64,
+    /// Bytes of device memory asleep (`gpuhal_sleep`): released, addresses kept.
+    pub asleep_bytes: u64,
 }
 
 impl From<MemoryStats> for GpuhalMemoryStats {
@@ -109,6 +134,7 @@ impl From<MemoryStats> for GpuhalMemoryStats {
             oom_retries: s.oom_retries,
             oom_errors: s.oom_errors,
             failed_frees: s.failed_frees,
+            asleep_bytes: s.asleep_bytes,
         }
     }
 }
@@ -241,6 +267,61 @@ pub unsafe extern "C" fn gpuhal_device_open(
         let make = || {
             Ok(GpuhalDevice {
                 id: DeviceEntry::open(F, backend, ordinal)?,
+            })
+        };
+        // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).
+        unsafe { produce(F, out, make) }
+    })
+}
+
+/// `gpuhal_device_open` with `options` (NULL: the defaults, as `gpuhal_device_open`):
+/// growable segments (`GPUHAL_CAP_GROWABLE_SEGMENTS`) and sharing (`GPUHAL_CAP_IPC`); a
+/// device without the capability asked for is `GPUHAL_STATUS_UNSUPPORTED`.
+///
+/// # Safety
+///
+/// `backend` is a NUL-terminated string; `options` is NULL or valid for a read; `out` is
+/// valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn gpuhal_device_open_with(
+    backend: *const c_char,
+    ordinal: u32,
+    options: *const GpuhalOpenOptions,
+    out: *mut GpuhalDevice,
+) -> GpuhalStatus {
+    const F: &str = "gpuhal_device_open_with";
+    guard(F, || {
+        // SAFETY: the caller passes a NUL-terminated string (null is refused).
+        let backend = unsafe { read_str(F, "backend", backend) }?;
+        let options = if options.is_null() {
+            GpuhalOpenOptions::default()
+        } else {
+            // SAFETY: not null, and the caller passes it valid for a read.
+            unsafe { read_in(F, "options", options) }?
+        };
+        let segments = match options.segments {
+            GPUHAL_SEGMENTS_NATIVE => gpuhal::SegmentStrategy::Native,
+            GPUHAL_SEGMENTS_GROWABLE => gpuhal::SegmentStrategy::Growable,
+            other => {
+                return Err(Failure::invalid(
+                    F,
+                    format!("segments {other} is neither GPUHAL_SEGMENTS_NATIVE (0) nor _GROWABLE (1)"),
+                ))
+            }
+        };
+        let config = gpuhal::PoolConfig {
+            segments,
+            ..gpuhal::PoolConfig::default()
+        };
+        let make = || {
+            let device = if options.sharing {
+                AnyDevice::open_shared(backend, ordinal, config)
+            } else {
+                AnyDevice::open_with(backend, ordinal, config)
+            }
+            .in_function(F)?;
+            Ok(GpuhalDevice {
+                id: DeviceEntry::register(device),
             })
         };
         // SAFETY: the caller passes `out` valid for a write (null is refused before anything is made).

@@ -30,6 +30,7 @@ pub mod handles;
 pub mod import;
 pub mod memory;
 pub mod report;
+pub mod sleep;
 pub mod status;
 pub mod stream;
 pub mod torch;

@@ -31,6 +31,7 @@ use crate::device::{DeviceEntry, GpuhalMemoryStats, DEVICES};
 use crate::ffi::write_out;
 use crate::handles::GpuhalDevice;
 use crate::memory::{allocate, take, unknown_pointer};
+use crate::sleep::{sleep, write_optional, GpuhalSleepReport, GpuhalWakeReport};
 use crate::status::{guard, Failure, GpuhalStatus, InFunction};
 use crate::stream::StreamEntry;
 
@@ -485,6 +486,48 @@ pub unsafe extern "C" fn gpuhal_torch_error_counts(
             }
         }
         Ok(())
+    })
+}
+
+/// `gpuhal_sleep` on the gpuhal device serving torch device `device`: `keep` holds `count`
+/// tensor data pointers (`tensor.data_ptr()`) whose allocations keep their contents; every
+/// other allocation's memory is released and reads back undefined after
+/// [`gpuhal_torch_wake`]. Needs `GPUHAL_SEGMENTS=growable` (`GPUHAL_STATUS_UNSUPPORTED`
+/// otherwise). `out` may be NULL.
+///
+/// # Safety
+///
+/// `keep` is valid for reads of `count` pointers (or `count` is 0); `out` is NULL or
+/// valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn gpuhal_torch_sleep(
+    device: c_int,
+    keep: *const *const c_void,
+    count: usize,
+    out: *mut GpuhalSleepReport,
+) -> GpuhalStatus {
+    const F: &str = "gpuhal_torch_sleep";
+    guard(F, || {
+        let torch = torch_device(F, device)?;
+        // SAFETY: the caller passes `count` readable pointers at `keep`.
+        let report = unsafe { sleep(F, torch.device_id, &torch.entry, keep, count) }?;
+        // SAFETY: the caller passes `out` null or valid for a write.
+        unsafe { write_optional(F, out, report) }
+    })
+}
+
+/// `gpuhal_wake` on the gpuhal device serving torch device `device`. `out` may be NULL.
+///
+/// # Safety
+///
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn gpuhal_torch_wake(device: c_int, out: *mut GpuhalWakeReport) -> GpuhalStatus {
+    const F: &str = "gpuhal_torch_wake";
+    guard(F, || {
+        let report: GpuhalWakeReport = torch_device(F, device)?.entry.device.wake().in_function(F)?.into();
+        // SAFETY: the caller passes `out` null or valid for a write.
+        unsafe { write_optional(F, out, report) }
     })
 }
 

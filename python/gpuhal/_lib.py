@@ -110,6 +110,7 @@ MEMORY_STATS_FIELDS = (
     "oom_retries",
     "oom_errors",
     "failed_frees",
+    "asleep_bytes",
 )
 
 
@@ -120,6 +121,30 @@ class GpuhalMemoryStats(ctypes.Structure):
 
     def as_dict(self) -> dict:
         return {field: int(getattr(self, field)) for field in MEMORY_STATS_FIELDS}
+
+
+#: The fields of ``GpuhalSleepReport`` (``gpuhal_sleep``), all ``uint64_t``, in order.
+SLEEP_REPORT_FIELDS = ("released_bytes", "kept_bytes", "discarded_bytes", "blocks")
+#: The fields of ``GpuhalWakeReport`` (``gpuhal_wake``), all ``uint64_t``, in order.
+WAKE_REPORT_FIELDS = ("mapped_bytes", "restored_bytes", "blocks")
+
+
+class GpuhalSleepReport(ctypes.Structure):
+    """``GpuhalSleepReport``: what putting a device to sleep released and kept."""
+
+    _fields_ = [(field, ctypes.c_uint64) for field in SLEEP_REPORT_FIELDS]
+
+    def as_dict(self) -> dict:
+        return {field: int(getattr(self, field)) for field in SLEEP_REPORT_FIELDS}
+
+
+class GpuhalWakeReport(ctypes.Structure):
+    """``GpuhalWakeReport``: what waking a device mapped and restored."""
+
+    _fields_ = [(field, ctypes.c_uint64) for field in WAKE_REPORT_FIELDS]
+
+    def as_dict(self) -> dict:
+        return {field: int(getattr(self, field)) for field in WAKE_REPORT_FIELDS}
 
 
 class GpuhalError(Exception):
@@ -173,6 +198,10 @@ _SIGNATURES = {
     "gpuhal_set_memory_limit": (_status, [GpuhalDevice, _u64]),
     "gpuhal_set_cache_limit": (_status, [GpuhalDevice, _u64]),
     "gpuhal_trim": (_status, [GpuhalDevice, _c.POINTER(_u64)]),
+    "gpuhal_sleep": (_status, [GpuhalDevice, _c.POINTER(_vp), _c.c_size_t, _c.POINTER(GpuhalSleepReport)]),
+    "gpuhal_wake": (_status, [GpuhalDevice, _c.POINTER(GpuhalWakeReport)]),
+    "gpuhal_torch_sleep": (_status, [_c.c_int, _c.POINTER(_vp), _c.c_size_t, _c.POINTER(GpuhalSleepReport)]),
+    "gpuhal_torch_wake": (_status, [_c.c_int, _c.POINTER(GpuhalWakeReport)]),
     "gpuhal_torch_malloc": (_vp, [_c.c_ssize_t, _c.c_int, _vp]),
     "gpuhal_torch_free": (None, [_vp, _c.c_ssize_t, _c.c_int, _vp]),
     "gpuhal_torch_malloc_in_pool": (_vp, [_c.c_ssize_t, _c.c_int, _vp, _u64, _u64]),

@@ -22,12 +22,13 @@ import warnings
 from typing import Optional, Union
 
 from . import _lib
-from ._lib import GpuhalDevice, GpuhalError, GpuhalMemoryStats, call
+from ._lib import GpuhalDevice, GpuhalError, GpuhalMemoryStats, GpuhalSleepReport, GpuhalWakeReport, call
 
 MALLOC_SYMBOL = "gpuhal_torch_malloc"
 FREE_SYMBOL = "gpuhal_torch_free"
 
 _KINDS = ("device", "managed")
+_SEGMENTS = ("native", "growable")
 _enabled_config: Optional[dict] = None
 
 
@@ -73,6 +74,7 @@ def enable(
     backend: Optional[str] = None,
     device: int = 0,
     install_allocator: bool = True,
+    segments: Optional[str] = None,
 ) -> bool:
     """Configures gpuhal's PyTorch allocator and, where torch has CUDA, makes it torch's allocator.
 
@@ -80,7 +82,9 @@ def enable(
     as an int, or a string with a K/M/G/KiB/MiB/GiB suffix (``GPUHAL_MEMORY_LIMIT``).
     ``reserve_slack``: a float or ``"inf"`` (``GPUHAL_RESERVE_SLACK``). ``backend``: ``"cuda"``
     (the library's default) or a mock such as ``"mock:coherent"`` for tests (``GPUHAL_BACKEND``).
-    Arguments left ``None`` leave the corresponding variable as the environment has it.
+    ``segments``: ``"native"`` (the backend's pool) or ``"growable"`` (virtual-memory segments,
+    which :func:`sleep` needs; ``GPUHAL_SEGMENTS``). Arguments left ``None`` leave the
+    corresponding variable as the environment has it.
 
     Then opens gpuhal's device ``device`` through the PyTorch entry points, which makes the library
     read the configuration now and report a bad value or an unavailable backend as
@@ -98,11 +102,14 @@ def enable(
     global _enabled_config
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if segments is not None and segments not in _SEGMENTS:
+        raise ValueError(f"segments must be one of {_SEGMENTS}, got {segments!r}")
     settings = {
         "GPUHAL_MEMORY_KIND": kind,
         "GPUHAL_MEMORY_LIMIT": _limit_text(memory_limit),
         "GPUHAL_RESERVE_SLACK": _slack_text(reserve_slack),
         "GPUHAL_BACKEND": backend,
+        "GPUHAL_SEGMENTS": segments,
     }
     if _enabled_config is not None:
         if _enabled_config["settings"] != settings:
@@ -193,6 +200,44 @@ def free(address: int, size: int, device: int = 0, stream: int = 0) -> None:
     _lib.lib().gpuhal_torch_free(address, size, device, stream)
 
 
+def _data_pointer(tensor) -> int:
+    """A tensor's data pointer (anything with ``data_ptr()``), or an address given as an int."""
+    if isinstance(tensor, bool):
+        raise TypeError(f"expected a tensor or an address, not {tensor!r}")
+    if isinstance(tensor, int):
+        return tensor
+    data_ptr = getattr(tensor, "data_ptr", None)
+    if data_ptr is None:
+        raise TypeError(f"expected a tensor (with data_ptr()) or an address, not {type(tensor).__name__}")
+    return int(data_ptr())
+
+
+def sleep(keep=(), device: int = 0) -> dict:
+    """Gives the device's physical memory back while every tensor's address stays valid, as
+    vLLM's sleep mode: the allocations of the tensors in ``keep`` (or addresses) are copied to
+    host memory and restored by :func:`wake`; every other tensor reads back undefined after
+    wake. No work may touch the GPU's memory, and nothing should be allocated, until
+    :func:`wake`. Needs ``enable(segments="growable")`` (``GPUHAL_SEGMENTS=growable``); raises
+    :class:`GpuhalError` (``UNSUPPORTED``) otherwise, with nothing released.
+
+    Returns ``{"released_bytes", "kept_bytes", "discarded_bytes", "blocks"}``; while asleep,
+    :func:`memory_stats` reports the bytes in ``"asleep_bytes"``.
+    """
+    pointers = [_data_pointer(tensor) for tensor in keep]
+    array = (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
+    report = GpuhalSleepReport()
+    call("gpuhal_torch_sleep", device, array, len(pointers), ctypes.byref(report))
+    return report.as_dict()
+
+
+def wake(device: int = 0) -> dict:
+    """Maps physical memory again under what :func:`sleep` released and restores the kept
+    tensors. Returns ``{"mapped_bytes", "restored_bytes", "blocks"}``."""
+    report = GpuhalWakeReport()
+    call("gpuhal_torch_wake", device, ctypes.byref(report))
+    return report.as_dict()
+
+
 def raw_stats(device: int = 0) -> dict:
     """gpuhal's own counters for the PyTorch allocator's device, plus ``malloc_errors`` and
     ``free_errors`` (failures the PyTorch entry points could only count)."""
@@ -248,6 +293,8 @@ def memory_stats(device: int = 0) -> dict:
       (``reserved_count``).
     - ``num_device_alloc`` / ``num_device_free``: driver allocations and frees made
       (``native_allocations`` / ``native_frees``).
+    - ``asleep_bytes``: bytes of device memory released by :func:`sleep` and not yet woken
+      (torch has no such counter; the name follows its style).
     - ``num_alloc_retries``: allocations retried after releasing cached memory on out-of-memory
       (``oom_retries``); ``num_ooms``: allocations that failed for lack of memory (``oom_errors``).
 
@@ -270,6 +317,7 @@ def memory_stats(device: int = 0) -> dict:
         "num_device_free": raw["native_frees"],
         "num_alloc_retries": raw["oom_retries"],
         "num_ooms": raw["oom_errors"],
+        "asleep_bytes": raw["asleep_bytes"],
     }
     stats.update({f"gpuhal.{name}": value for name, value in raw.items()})
     return dict(sorted(stats.items()))

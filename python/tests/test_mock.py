@@ -152,6 +152,7 @@ class TorchEntryPoints(unittest.TestCase):
             "num_device_free",
             "num_alloc_retries",
             "num_ooms",
+            "asleep_bytes",
         }
         gpuhal_names = {f"gpuhal.{name}" for name in _lib.MEMORY_STATS_FIELDS}
         gpuhal_names |= {"gpuhal.malloc_errors", "gpuhal.free_errors"}

@@ -259,3 +259,51 @@ fn adopting_a_stream_outside_cuda_names_the_backend() {
         "{err}"
     );
 }
+
+#[cfg(feature = "mock")]
+#[test]
+fn sleep_keeps_the_named_buffers_and_poisons_the_rest_through_the_facade() -> Result<()> {
+    let growable = crate::PoolConfig {
+        segments: crate::SegmentStrategy::Growable,
+        ..crate::PoolConfig::default()
+    };
+    let device = AnyDevice::open_with("mock", 0, growable)?;
+    let stream = device.create_stream()?;
+    let kept = device.allocate(3 << 20, MemoryKind::Device, &stream)?;
+    let discarded = device.allocate(1 << 20, MemoryKind::Device, &stream)?;
+    let pattern: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    stream.write(&kept, 0, &pattern)?;
+    stream.fill(&discarded, 0, 1 << 20, 0x11)?;
+    stream.synchronize()?;
+    let addresses = (kept.address(), discarded.address());
+
+    let slept = device.sleep(&[&kept])?;
+    assert_eq!(slept.kept_bytes, 3 << 20);
+    assert!(slept.discarded_bytes >= 1 << 20, "{slept:?}");
+    assert!(device.memory_stats().asleep_bytes >= 4 << 20);
+    let woken = device.wake()?;
+    assert_eq!(woken.restored_bytes, 3 << 20);
+    assert_eq!(device.memory_stats().asleep_bytes, 0);
+    assert_eq!(
+        (kept.address(), discarded.address()),
+        addresses,
+        "addresses survive sleep"
+    );
+
+    let mut back = vec![0; 3 << 20];
+    stream.read(&kept, 0, &mut back)?;
+    assert!(back == pattern, "the kept buffer came back changed");
+    let mut gone = vec![0; 1 << 20];
+    stream.read(&discarded, 0, &mut gone)?;
+    assert!(gone.iter().all(|&b| b == gpuhal_mock::DISCARDED));
+
+    // Native segments cannot sleep: refused, and nothing is released.
+    let native = AnyDevice::open("mock", 0)?;
+    let native_stream = native.create_stream()?;
+    let buffer = native.allocate(4096, MemoryKind::Device, &native_stream)?;
+    assert!(matches!(native.sleep(&[&buffer]), Err(Error::Unsupported { .. })));
+    // A buffer of another device is refused by name.
+    let err = device.sleep(&[&buffer]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    Ok(())
+}

@@ -290,6 +290,67 @@ static void bad_input(GpuhalDevice dev, GpuhalDevice other, GpuhalStream stream)
     OK(gpuhal_free(dev, p));
 }
 
+/* Sleep keeps what is named (a pointer inside an allocation keeps all of it), poisons the
+ * rest (the mock writes GPUHAL_MOCK_DISCARDED, 0xA5), and needs growable segments. */
+static void sleep_and_wake(GpuhalDevice native_dev, GpuhalStream native_stream) {
+    GpuhalOpenOptions options = {GPUHAL_SEGMENTS_GROWABLE, false};
+    GpuhalDevice dev;
+    GpuhalStream stream;
+    OK(gpuhal_device_open_with("mock", 0, &options, &dev));
+    OK(gpuhal_stream_create(dev, &stream));
+    void *kept = NULL, *discarded = NULL;
+    OK(gpuhal_malloc(dev, 3 << 20, GPUHAL_MEMORY_DEVICE, stream, &kept));
+    OK(gpuhal_malloc(dev, 1 << 20, GPUHAL_MEMORY_DEVICE, stream, &discarded));
+    static unsigned char data[3 << 20], back[3 << 20];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (unsigned char)(i % 251);
+    OK(gpuhal_stream_write(stream, kept, data, sizeof data));
+    OK(gpuhal_stream_fill(stream, discarded, 1 << 20, 0x11));
+    OK(gpuhal_stream_synchronize(stream));
+    /* An interior pointer and a NULL entry: the first keeps the whole allocation, the
+     * second keeps nothing. */
+    const void *keep[2] = {(const char *)kept + 4096, NULL};
+    GpuhalSleepReport slept;
+    OK(gpuhal_sleep(dev, keep, 2, &slept));
+    CHECK(slept.kept_bytes == (3 << 20) && slept.discarded_bytes >= (1 << 20));
+    GpuhalMemoryStats stats;
+    OK(gpuhal_memory_stats(dev, &stats));
+    CHECK(stats.asleep_bytes >= (4 << 20));
+    GpuhalWakeReport woken;
+    OK(gpuhal_wake(dev, &woken));
+    CHECK(woken.restored_bytes == (3 << 20));
+    OK(gpuhal_memory_stats(dev, &stats));
+    CHECK(stats.asleep_bytes == 0);
+    OK(gpuhal_stream_read(stream, kept, back, sizeof back));
+    CHECK(memcmp(back, data, sizeof data) == 0);
+    OK(gpuhal_stream_read(stream, discarded, back, 1 << 20));
+    CHECK(back[0] == 0xA5 && back[(1 << 20) - 1] == 0xA5);
+    /* Reports are optional. */
+    OK(gpuhal_sleep(dev, NULL, 0, NULL));
+    OK(gpuhal_wake(dev, NULL));
+    /* Bad inputs change nothing: a pointer gpuhal never gave out, another device's, a
+     * NULL array with a count, a device opened with native segments, a closed handle. */
+    int on_the_stack = 0;
+    const void *stranger[1] = {&on_the_stack};
+    FAILS(gpuhal_sleep(dev, stranger, 1, &slept), GPUHAL_STATUS_UNKNOWN_POINTER, "not handed out");
+    void *theirs = NULL;
+    OK(gpuhal_malloc(native_dev, 4096, GPUHAL_MEMORY_DEVICE, native_stream, &theirs));
+    const void *foreign[1] = {theirs};
+    FAILS(gpuhal_sleep(dev, foreign, 1, NULL), GPUHAL_STATUS_FOREIGN, "belongs to device handle");
+    FAILS(gpuhal_sleep(dev, NULL, 3, NULL), GPUHAL_STATUS_INVALID_ARGUMENT, "keep is null");
+    FAILS(gpuhal_sleep(native_dev, foreign, 1, NULL), GPUHAL_STATUS_UNSUPPORTED, "sleep");
+    OK(gpuhal_memory_stats(dev, &stats));
+    CHECK(stats.asleep_bytes == 0);
+    OK(gpuhal_free(native_dev, theirs));
+    options.segments = 7;
+    GpuhalDevice refused;
+    FAILS(gpuhal_device_open_with("mock", 0, &options, &refused), GPUHAL_STATUS_INVALID_ARGUMENT, "segments 7");
+    OK(gpuhal_free(dev, kept));
+    OK(gpuhal_free(dev, discarded));
+    OK(gpuhal_stream_destroy(stream));
+    OK(gpuhal_device_close(dev));
+    FAILS(gpuhal_wake(dev, NULL), GPUHAL_STATUS_INVALID_HANDLE, "not open");
+}
+
 int main(void) {
     GpuhalDevice dev, other;
     OK(gpuhal_device_open("mock:coherent", 0, &dev));
@@ -310,6 +371,7 @@ int main(void) {
     host_import(dev, s1);
     trace_recording(dev, s1);
     bad_input(dev, other, s1);
+    sleep_and_wake(dev, s1);
 
     OK(gpuhal_stream_destroy(s1));
     OK(gpuhal_stream_destroy(s2));
