@@ -12,8 +12,8 @@ use std::time::Duration;
 use enum_dispatch::enum_dispatch;
 use gpuhal_hal::{
     Backend, Buffer, Capabilities, Device, DeviceId, DeviceInfo, Error, Event, EventStats, Fence, Graph, GraphExec,
-    GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryReport, MemoryStats, Result,
-    SleepReport, Stream, StreamId, WakeReport,
+    GraphPool, HostImport, ImportPolicy, ImportStats, ManagedPolicy, MemoryKind, MemoryReport, MemoryStats, Region,
+    Result, SharedEvent, SharedImport, SharedMemory, SleepReport, Stream, StreamId, WakeReport,
 };
 
 mod sealed {
@@ -162,6 +162,25 @@ pub trait DynDevice {
     /// Wakes memory put to sleep, restoring what was kept (see
     /// [`CachingAllocator::wake`](crate::CachingAllocator::wake)).
     fn wake(&self) -> Result<WakeReport>;
+    /// Whether this device could be given access to `peer`'s memory (see
+    /// [`Device::can_access_peer`]); false for a device of another backend.
+    fn can_access_peer(&self, peer: &AnyDevice) -> bool;
+    /// Gives this device's streams access to `peer`'s memory (see
+    /// [`Device::enable_peer_access`]).
+    fn enable_peer_access(&self, peer: &AnyDevice) -> Result<()>;
+    /// Exports `buffer` for another process or device (see [`Device::export`]): the
+    /// device must have been opened with [`AnyDevice::open_shared`], and `buffer` must
+    /// outlive every import of it.
+    fn export(&self, buffer: &AnyBuffer) -> Result<SharedMemory>;
+    /// Opens memory another process or device exported, for this device's streams (see
+    /// [`Device::import_shared`]).
+    fn import_shared(&self, handle: &SharedMemory) -> Result<AnyImport>;
+    /// A new interprocess event and its handle for the other side (see
+    /// [`Device::shared_event`]).
+    fn shared_event(&self) -> Result<(AnyEvent, SharedEvent)>;
+    /// Opens an interprocess event made by another process or device (see
+    /// [`Device::import_event`]).
+    fn import_event(&self, handle: &SharedEvent) -> Result<AnyEvent>;
 }
 
 /// Stream operations, whatever the backend. Implemented by [`AnyStream`].
@@ -173,14 +192,22 @@ pub trait DynStream {
     fn id(&self) -> StreamId;
     /// The device the stream belongs to.
     fn device_id(&self) -> DeviceId;
-    /// Copies `data` into `dst` at `offset`.
-    fn write(&self, dst: &AnyBuffer, offset: u64, data: &[u8]) -> Result<()>;
+    /// Copies `data` into `dst` (a buffer or an import) at `offset`.
+    fn write(&self, dst: &dyn Addressable, offset: u64, data: &[u8]) -> Result<()>;
     /// Copies from `src` at `offset` into `out`, after the stream's earlier work.
-    fn read(&self, src: &AnyBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
-    /// Copies `len` bytes between buffers.
-    fn copy(&self, src: &AnyBuffer, src_offset: u64, dst: &AnyBuffer, dst_offset: u64, len: u64) -> Result<()>;
+    fn read(&self, src: &dyn Addressable, offset: u64, out: &mut [u8]) -> Result<()>;
+    /// Copies `len` bytes between buffers or imports (a peer device's too, once access
+    /// is enabled: [`DynDevice::enable_peer_access`]).
+    fn copy(
+        &self,
+        src: &dyn Addressable,
+        src_offset: u64,
+        dst: &dyn Addressable,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<()>;
     /// Sets `len` bytes of `dst` from `offset` to `value`.
-    fn fill(&self, dst: &AnyBuffer, offset: u64, len: u64, value: u8) -> Result<()>;
+    fn fill(&self, dst: &dyn Addressable, offset: u64, len: u64, value: u8) -> Result<()>;
     /// Waits on the CPU until the stream's work so far has completed.
     fn synchronize(&self) -> Result<()>;
     /// Makes later work on this stream wait for `event`.
@@ -256,6 +283,8 @@ pub trait DynBuffer {
     fn device(&self) -> DeviceId;
     /// Marks the buffer as used on `stream`, so it is not reused before that work ends.
     fn record_use(&self, stream: &AnyStream) -> Result<()>;
+    /// The buffer's memory, as the backend's streams address it.
+    fn region(&self) -> Region;
 }
 
 /// Event operations, whatever the backend. Implemented by [`AnyEvent`].
@@ -372,6 +401,30 @@ impl<B: CompiledBackend> DynDevice for DeviceOf<B> {
     fn wake(&self) -> Result<WakeReport> {
         self.0.allocator().wake()
     }
+    fn can_access_peer(&self, peer: &AnyDevice) -> bool {
+        B::device_of(peer).is_some_and(|peer| self.0.can_access_peer(peer))
+    }
+    fn enable_peer_access(&self, peer: &AnyDevice) -> Result<()> {
+        let peer = B::device_of(peer).ok_or_else(|| mismatch("enable_peer_access", B::NAME, peer.backend()))?;
+        self.0.enable_peer_access(peer)
+    }
+    fn export(&self, buffer: &AnyBuffer) -> Result<SharedMemory> {
+        self.0.export(B::buffer_of(buffer, "export")?)
+    }
+    fn import_shared(&self, handle: &SharedMemory) -> Result<AnyImport> {
+        let import = self.0.import_shared(handle)?;
+        Ok(AnyImport {
+            backend: B::NAME,
+            import,
+        })
+    }
+    fn shared_event(&self) -> Result<(AnyEvent, SharedEvent)> {
+        let (event, handle) = self.0.shared_event()?;
+        Ok((B::wrap_event(event), handle))
+    }
+    fn import_event(&self, handle: &SharedEvent) -> Result<AnyEvent> {
+        self.0.import_event(handle).map(B::wrap_event)
+    }
 }
 
 impl<B: CompiledBackend> DynStream for StreamOf<B> {
@@ -384,19 +437,26 @@ impl<B: CompiledBackend> DynStream for StreamOf<B> {
     fn device_id(&self) -> DeviceId {
         self.0.device_id()
     }
-    fn write(&self, dst: &AnyBuffer, offset: u64, data: &[u8]) -> Result<()> {
-        self.0.write(B::buffer_of(dst, "write")?, offset, data)
+    fn write(&self, dst: &dyn Addressable, offset: u64, data: &[u8]) -> Result<()> {
+        self.0.write(&region_of::<B>(dst, "write")?, offset, data)
     }
-    fn read(&self, src: &AnyBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
-        self.0.read(B::buffer_of(src, "read")?, offset, out)
+    fn read(&self, src: &dyn Addressable, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.0.read(&region_of::<B>(src, "read")?, offset, out)
     }
-    fn copy(&self, src: &AnyBuffer, src_offset: u64, dst: &AnyBuffer, dst_offset: u64, len: u64) -> Result<()> {
-        let src = B::buffer_of(src, "copy")?;
-        let dst = B::buffer_of(dst, "copy")?;
-        self.0.copy(src, src_offset, dst, dst_offset, len)
+    fn copy(
+        &self,
+        src: &dyn Addressable,
+        src_offset: u64,
+        dst: &dyn Addressable,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let src = region_of::<B>(src, "copy")?;
+        let dst = region_of::<B>(dst, "copy")?;
+        self.0.copy(&src, src_offset, &dst, dst_offset, len)
     }
-    fn fill(&self, dst: &AnyBuffer, offset: u64, len: u64, value: u8) -> Result<()> {
-        self.0.fill(B::buffer_of(dst, "fill")?, offset, len, value)
+    fn fill(&self, dst: &dyn Addressable, offset: u64, len: u64, value: u8) -> Result<()> {
+        self.0.fill(&region_of::<B>(dst, "fill")?, offset, len, value)
     }
     fn synchronize(&self) -> Result<()> {
         self.0.synchronize()
@@ -498,6 +558,9 @@ impl<B: CompiledBackend> DynBuffer for BufferOf<B> {
         self.0.record_use(stream.cache());
         Ok(())
     }
+    fn region(&self) -> Region {
+        gpuhal_hal::AsRegion::region(&self.0)
+    }
 }
 
 impl<B: CompiledBackend> DynEvent for EventOf<B> {
@@ -533,6 +596,75 @@ impl<B: CompiledBackend> DynFence for FenceOf<B> {
     }
     fn wait(&self, value: u64, timeout: Duration) -> Result<()> {
         self.0.wait(value, timeout)
+    }
+}
+
+/// Device memory a facade stream can address: an [`AnyBuffer`] or an [`AnyImport`].
+pub trait Addressable {
+    /// The backend the memory belongs to and its region; a stream of another backend
+    /// refuses it with [`Error::BackendMismatch`].
+    fn addressed(&self) -> (&'static str, Region);
+}
+
+impl Addressable for AnyBuffer {
+    fn addressed(&self) -> (&'static str, Region) {
+        (self.backend(), self.region())
+    }
+}
+
+impl Addressable for AnyImport {
+    fn addressed(&self) -> (&'static str, Region) {
+        (self.backend, gpuhal_hal::AsRegion::region(&self.import))
+    }
+}
+
+/// The region of `memory` for a stream of backend `B`, or the mismatch naming `operation`.
+fn region_of<B: Backend>(memory: &dyn Addressable, operation: &'static str) -> Result<Region> {
+    match memory.addressed() {
+        (backend, region) if backend == B::NAME => Ok(region),
+        (backend, _) => Err(mismatch(operation, B::NAME, backend)),
+    }
+}
+
+/// Memory another process or device exported, opened with [`DynDevice::import_shared`]:
+/// facade streams read, write, fill and copy it as a buffer. Dropping it releases this
+/// side's mapping only; the exporter keeps the memory alive (see
+/// [`sharing`](crate::sharing)).
+#[derive(Debug)]
+pub struct AnyImport {
+    backend: &'static str,
+    import: SharedImport,
+}
+
+impl AnyImport {
+    /// The backend that imported it.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The importing device.
+    pub fn device(&self) -> DeviceId {
+        gpuhal_hal::AsRegion::region(&self.import).device
+    }
+
+    /// The address of the imported bytes in the importing device's address space.
+    pub fn address(&self) -> u64 {
+        self.import.device_address()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.import.len()
+    }
+
+    /// True for an empty import.
+    pub fn is_empty(&self) -> bool {
+        self.import.is_empty()
+    }
+
+    /// The backend's own import.
+    pub fn native(&self) -> &SharedImport {
+        &self.import
     }
 }
 
@@ -809,6 +941,24 @@ impl AnyDevice {
     /// their memory can be exported to another process or device (CUDA:
     /// `CudaDevice::open_shared`; the mock: `MockConfig::sharing`). A backend or device
     /// without [`Capabilities::IPC`] refuses with [`Error::Unsupported`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")] {
+    /// use gpuhal::{AnyDevice, DynDevice, DynStream, MemoryKind};
+    /// let device = AnyDevice::open_shared("mock", 0, gpuhal::PoolConfig::default())?;
+    /// let stream = device.create_stream()?;
+    /// let buffer = device.allocate(4096, MemoryKind::Device, &stream)?;
+    /// stream.fill(&buffer, 0, 4096, 7)?;
+    /// stream.synchronize()?;
+    /// // Another process gets `handle` through gpuhal::handle_transfer::send_shared.
+    /// let handle = device.export(&buffer)?;
+    /// let imported = device.import_shared(&handle)?;
+    /// let mut back = [0; 4096];
+    /// stream.read(&imported, 0, &mut back)?;
+    /// assert_eq!(back, [7; 4096]);
+    /// # }
+    /// # Ok::<(), gpuhal::Error>(())
+    /// ```
     pub fn open_shared(backend: &str, ordinal: u32, config: crate::PoolConfig) -> Result<AnyDevice> {
         Self::open_inner(backend, ordinal, config, true)
     }

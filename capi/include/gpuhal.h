@@ -45,12 +45,13 @@
 // (`GPUHAL_SEGMENTS=growable` for the torch allocator).
 #define GPUHAL_CAP_GROWABLE_SEGMENTS (1 << 11)
 
-// Capability bit: the device can be given access to another device's memory (the C ABI
-// has no peer-access calls yet).
+// Capability bit: the device can be given access to another device's memory
+// (`gpuhal_enable_peer_access`).
 #define GPUHAL_CAP_PEER_ACCESS (1 << 12)
 
-// Capability bit: device memory can be exported to another process and imported (the C
-// ABI has no export/import calls yet).
+// Capability bit: device memory can be exported to another process and imported
+// (`gpuhal_export`, `gpuhal_import_shared`; open the device with
+// `GpuhalOpenOptions::sharing`).
 #define GPUHAL_CAP_IPC (1 << 13)
 
 // `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.
@@ -93,6 +94,10 @@
 
 // Page-locked host memory mapped for the device.
 #define GPUHAL_MEMORY_HOST_PINNED 2
+
+// Bytes of opaque driver data in a shared handle (`GpuhalSharedMemory::allocation`,
+// `GpuhalSharedEvent::data`).
+#define GPUHAL_EXPORT_DATA_LEN 64
 
 // What a call returned. `GPUHAL_STATUS_OK` is zero; anything else is a failure whose
 // details `gpuhal_last_error_message` gives on the same thread.
@@ -294,6 +299,32 @@ typedef struct {
   // The device address of the imported bytes.
   uint64_t device_address;
 } GpuhalImportResult;
+
+// An exported allocation: everything an importer needs, as `gpuhal::SharedMemory`.
+typedef struct {
+  // The exporting backend's name, NUL-terminated ("cuda", "mock").
+  char backend[16];
+  // The exporter's pool as a file descriptor (CUDA), or -1 when the pool is a token
+  // (the mock). A descriptor from `gpuhal_export` or `gpuhal_receive_shared` is the
+  // caller's to close once it has been sent or imported; gpuhal only duplicates it.
+  int fd;
+  // The pool's token when `fd` is -1.
+  uint64_t token;
+  // Which native allocation of the pool holds the memory (driver data).
+  uint8_t allocation[64];
+  // Offset of the exported allocation inside that native allocation.
+  uint64_t offset;
+  // Length of the exported allocation in bytes.
+  uint64_t len;
+} GpuhalSharedMemory;
+
+// An interprocess event's handle, as `gpuhal::SharedEvent`: plain data.
+typedef struct {
+  // The backend that made it, NUL-terminated.
+  char backend[16];
+  // What the driver needs to open the event.
+  uint8_t data[64];
+} GpuhalSharedEvent;
 
 // What `gpuhal_sleep` did, as `gpuhal::SleepReport`.
 typedef struct {
@@ -562,7 +593,8 @@ GpuhalStatus gpuhal_free(GpuhalDevice device, void *ptr);
 // not handed out again until `stream`'s work so far has completed.
 GpuhalStatus gpuhal_record_use(GpuhalDevice device, void *ptr, GpuhalStream stream);
 
-// Sets `len` bytes from `dst` (inside a gpuhal allocation) to `value`, on `stream`.
+// Sets `len` bytes from `dst` (inside a gpuhal allocation or an import of shared memory)
+// to `value`, on `stream`.
 GpuhalStatus gpuhal_stream_fill(GpuhalStream stream, void *dst, uint64_t len, uint8_t value);
 
 // Copies `len` bytes from `src` to `dst` (both inside gpuhal allocations of the stream's
@@ -602,6 +634,90 @@ GpuhalStatus gpuhal_memory_report_json(GpuhalDevice device_handle, char **out, s
 //
 // `text` is null or a string from gpuhal not yet freed.
 void gpuhal_string_free(char *text);
+
+// Exports the allocation starting at `ptr` (what `gpuhal_malloc` returned; device memory
+// of a device opened with `GpuhalOpenOptions::sharing`) for another process or device.
+// The allocation must stay unfreed until every import of it is released. `*out` receives
+// the handle; its `fd` (when not -1) is the caller's to close.
+//
+// # Safety
+//
+// `out` is valid for a write.
+GpuhalStatus gpuhal_export(GpuhalDevice device_handle, const void *ptr, GpuhalSharedMemory *out);
+
+// Opens memory another process or device exported, for this device's streams. `*out`
+// receives its address: `gpuhal_stream_fill/write/read/copy` take it and pointers inside
+// it, as for an allocation. Release it with `gpuhal_shared_import_release` once the work
+// on it has completed. The handle's `fd` stays the caller's.
+//
+// # Safety
+//
+// `handle` is valid for a read, its `fd` -1 or an open descriptor; `out` is valid for a
+// write.
+GpuhalStatus gpuhal_import_shared(GpuhalDevice device_handle,
+                                  const GpuhalSharedMemory *handle,
+                                  void **out);
+
+// Releases this side's import at `ptr` (what `gpuhal_import_shared` returned); the
+// memory stays the exporter's. Work enqueued on it must have completed.
+GpuhalStatus gpuhal_shared_import_release(GpuhalDevice device_handle, void *ptr);
+
+// A new interprocess event: `*event` receives it (record, wait and release it as any
+// event), `*handle` what the other side opens with `gpuhal_shared_event_open`. It must
+// outlive every event opened from the handle.
+//
+// # Safety
+//
+// `event` and `handle` are valid for writes.
+GpuhalStatus gpuhal_shared_event_create(GpuhalDevice device_handle,
+                                        GpuhalEvent *event,
+                                        GpuhalSharedEvent *handle);
+
+// Opens an interprocess event another process or device made; `*out` receives it.
+//
+// # Safety
+//
+// `handle` is valid for a read; `out` is valid for a write.
+GpuhalStatus gpuhal_shared_event_open(GpuhalDevice device_handle,
+                                      const GpuhalSharedEvent *handle,
+                                      GpuhalEvent *out);
+
+// `*out` receives whether `device` could be given access to `peer`'s memory (false for
+// the device itself, and for devices that are not peers).
+//
+// # Safety
+//
+// `out` is valid for a write.
+GpuhalStatus gpuhal_can_access_peer(GpuhalDevice device_handle, GpuhalDevice peer, bool *out);
+
+// Gives `device`'s streams access to `peer`'s memory (one direction; enabling twice is
+// not an error). Devices that cannot be peers: `GPUHAL_STATUS_UNSUPPORTED`.
+GpuhalStatus gpuhal_enable_peer_access(GpuhalDevice device_handle, GpuhalDevice peer);
+
+// Sends `memory` (and `event`, which may be NULL) over the connected Unix socket
+// `socket`: the pool's descriptor travels as `SCM_RIGHTS`, duplicated into the receiver;
+// the caller keeps its own.
+//
+// # Safety
+//
+// `socket` is an open descriptor; `memory` is valid for a read and its `fd` -1 or an
+// open descriptor; `event` is NULL or valid for a read.
+GpuhalStatus gpuhal_send_shared(int socket,
+                                const GpuhalSharedMemory *memory,
+                                const GpuhalSharedEvent *event);
+
+// Receives what `gpuhal_send_shared` sent on `socket`: `*memory` the handle (its `fd`,
+// when not -1, is the caller's to close), `*event` the event's handle if one was sent
+// (`event` may be NULL), `*has_event` (may be NULL) whether one was.
+//
+// # Safety
+//
+// `socket` is an open descriptor; `memory` is valid for a write; `event` and
+// `has_event` are NULL or valid for writes.
+GpuhalStatus gpuhal_receive_shared(int socket,
+                                   GpuhalSharedMemory *memory,
+                                   GpuhalSharedEvent *event,
+                                   bool *has_event);
 
 // Releases the physical memory of everything `device` holds (idle cached blocks and live
 // allocations) while their addresses stay valid, after copying the allocations that the

@@ -1,16 +1,53 @@
 //! Each device's table of what it handed out, by address: C frees by pointer, and stream
-//! operations address bytes by pointer, so a pointer must lead back to its buffer.
+//! operations address bytes by pointer, so a pointer must lead back to its buffer (or to
+//! the shared memory it imported).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use gpuhal::{AnyBuffer, DynBuffer};
+use gpuhal::{Addressable, AnyBuffer, AnyImport, DynBuffer, Region};
 use parking_lot::Mutex;
 
-/// The live buffers of one device, by start address.
+/// The live buffers of one device, by start address, and its imports of shared memory.
 #[derive(Default)]
 pub struct Allocations {
     by_address: Mutex<BTreeMap<u64, Arc<AnyBuffer>>>,
+    imports: Mutex<BTreeMap<u64, Arc<AnyImport>>>,
+}
+
+/// What a pointer given to a stream operation addresses.
+pub enum Memory {
+    /// A buffer the device handed out.
+    Buffer(Arc<AnyBuffer>),
+    /// Shared memory the device imported.
+    Import(Arc<AnyImport>),
+}
+
+impl Addressable for Memory {
+    fn addressed(&self) -> (&'static str, Region) {
+        match self {
+            Memory::Buffer(buffer) => buffer.addressed(),
+            Memory::Import(import) => import.addressed(),
+        }
+    }
+}
+
+/// Where a pointer of a stream operation falls.
+pub struct LocatedMemory {
+    /// The memory the pointer falls into.
+    pub memory: Memory,
+    /// The pointer's offset from the memory's start.
+    pub offset: u64,
+}
+
+/// The entry of `table` holding bytes `address .. address + len`, and the offset into it.
+fn find<T: Clone>(table: &BTreeMap<u64, T>, len_of: impl Fn(&T) -> u64, address: u64, len: u64) -> Option<(T, u64)> {
+    let (&start, entry) = table.range(..=address).next_back()?;
+    let offset = address - start;
+    let end = offset.checked_add(len)?;
+    // The address itself must fall inside the entry (one past its end is the next one's).
+    let size = len_of(entry);
+    (offset < size && end <= size).then(|| (entry.clone(), offset))
 }
 
 /// Where a pointer falls: the buffer holding it and the offset into it.
@@ -41,15 +78,48 @@ impl Allocations {
 
     /// The live buffer holding bytes `address .. address + len`, if one does.
     pub fn locate(&self, address: u64, len: u64) -> Option<Located> {
-        let by_address = self.by_address.lock();
-        let (&start, buffer) = by_address.range(..=address).next_back()?;
-        let offset = address - start;
-        let end = offset.checked_add(len)?;
-        // The address itself must fall inside the buffer (one past its end is the next one's).
-        (offset < buffer.len() && end <= buffer.len()).then(|| Located {
-            buffer: buffer.clone(),
-            offset,
-        })
+        find(&self.by_address.lock(), |buffer| buffer.len(), address, len)
+            .map(|(buffer, offset)| Located { buffer, offset })
+    }
+
+    /// The import or live buffer holding bytes `address .. address + len`. Imports come
+    /// first: a device importing its own export (the mock can) sees both at one address,
+    /// and the import is what the pointer `gpuhal_import_shared` returned names.
+    pub fn locate_memory(&self, address: u64, len: u64) -> Option<LocatedMemory> {
+        if let Some((import, offset)) = find(&self.imports.lock(), |import| import.len(), address, len) {
+            return Some(LocatedMemory {
+                memory: Memory::Import(import),
+                offset,
+            });
+        }
+        self.locate(address, len)
+            .map(|Located { buffer, offset }| LocatedMemory {
+                memory: Memory::Buffer(buffer),
+                offset,
+            })
+    }
+
+    /// Keeps `import` until it is released by address; returns that address, or gives
+    /// the import back when one is held at that address already (the same handle imported
+    /// twice).
+    pub fn insert_import(&self, import: AnyImport) -> Result<u64, AnyImport> {
+        let address = import.address();
+        let mut imports = self.imports.lock();
+        if imports.contains_key(&address) {
+            return Err(import);
+        }
+        imports.insert(address, Arc::new(import));
+        Ok(address)
+    }
+
+    /// Takes the import at `address` out of the table (dropping it releases the mapping).
+    pub fn remove_import(&self, address: u64) -> Option<Arc<AnyImport>> {
+        self.imports.lock().remove(&address)
+    }
+
+    /// Whether an import holds `address`.
+    pub fn holds_import(&self, address: u64) -> bool {
+        find(&self.imports.lock(), |import| import.len(), address, 0).is_some()
     }
 
     /// Whether some live buffer holds `address`.

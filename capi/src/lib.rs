@@ -30,6 +30,7 @@ pub mod handles;
 pub mod import;
 pub mod memory;
 pub mod report;
+pub mod sharing;
 pub mod sleep;
 pub mod status;
 pub mod stream;
@@ -61,11 +62,12 @@ pub const GPUHAL_CAP_MANAGED_ADVICE: u32 = 1 << 10;
 /// Capability bit: device memory can come from growable virtual-memory segments
 /// (`GPUHAL_SEGMENTS=growable` for the torch allocator).
 pub const GPUHAL_CAP_GROWABLE_SEGMENTS: u32 = 1 << 11;
-/// Capability bit: the device can be given access to another device's memory (the C ABI
-/// has no peer-access calls yet).
+/// Capability bit: the device can be given access to another device's memory
+/// (`gpuhal_enable_peer_access`).
 pub const GPUHAL_CAP_PEER_ACCESS: u32 = 1 << 12;
-/// Capability bit: device memory can be exported to another process and imported (the C
-/// ABI has no export/import calls yet).
+/// Capability bit: device memory can be exported to another process and imported
+/// (`gpuhal_export`, `gpuhal_import_shared`; open the device with
+/// `GpuhalOpenOptions::sharing`).
 pub const GPUHAL_CAP_IPC: u32 = 1 << 13;
 
 /// `GpuhalManagedPolicy::advice` bit: prefer the device as the pages' location.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use gpuhal::{DynBuffer, DynDevice, DynStream, MemoryKind};
 
-use crate::allocations::Located;
+use crate::allocations::{Located, LocatedMemory};
 use crate::device::{DeviceEntry, DEVICES};
 use crate::ffi::{host_slice, host_slice_mut, produce};
 use crate::handles::{GpuhalDevice, GpuhalStream};
@@ -59,6 +59,19 @@ pub fn take(
         .ok_or_else(|| unknown_pointer(function, device_id, device, address))
 }
 
+/// The buffer starting at `address` on `device` (left in the table), or why there is none.
+pub fn buffer_at(
+    function: &str,
+    device_id: u64,
+    device: &DeviceEntry,
+    address: u64,
+) -> Result<Arc<gpuhal::AnyBuffer>, Failure> {
+    match device.allocations.locate(address, 0) {
+        Some(Located { buffer, offset: 0 }) => Ok(buffer),
+        _ => Err(unknown_pointer(function, device_id, device, address)),
+    }
+}
+
 /// Why `address` is not a buffer of `device`: another device's, inside one of this
 /// device's buffers, or not gpuhal's (or freed already).
 pub fn unknown_pointer(function: &str, device_id: u64, device: &DeviceEntry, address: u64) -> Failure {
@@ -69,6 +82,15 @@ pub fn unknown_pointer(function: &str, device_id: u64, device: &DeviceEntry, add
                 "{function}: pointer {address:#x} is {offset} bytes into the allocation at {:#x}; \
                  pass the address the allocation returned",
                 buffer.address()
+            ),
+        );
+    }
+    if device.allocations.holds_import(address) {
+        return Failure::new(
+            GpuhalStatus::UnknownPointer,
+            format!(
+                "{function}: pointer {address:#x} is in shared memory this device imported, not an allocation of \
+                 it (release imports with gpuhal_shared_import_release)"
             ),
         );
     }
@@ -89,10 +111,12 @@ pub fn unknown_pointer(function: &str, device_id: u64, device: &DeviceEntry, add
     )
 }
 
-/// The buffer holding `address .. address + len` on `device`, or why there is none.
-fn locate(function: &str, entry: &StreamEntry, address: u64, len: u64) -> Result<Located, Failure> {
-    entry.device.allocations.locate(address, len).ok_or_else(|| {
-        if entry.device.allocations.holds(address) {
+/// The buffer or import holding `address .. address + len` on `device`, or why there is
+/// none.
+fn locate(function: &str, entry: &StreamEntry, address: u64, len: u64) -> Result<LocatedMemory, Failure> {
+    entry.device.allocations.locate_memory(address, len).ok_or_else(|| {
+        let allocations = &entry.device.allocations;
+        if allocations.holds(address) || allocations.holds_import(address) {
             Failure::invalid(
                 function,
                 format!("{len} bytes from {address:#x} run past the end of its allocation"),
@@ -173,14 +197,15 @@ pub extern "C" fn gpuhal_record_use(device: GpuhalDevice, ptr: *mut c_void, stre
     })
 }
 
-/// Sets `len` bytes from `dst` (inside a gpuhal allocation) to `value`, on `stream`.
+/// Sets `len` bytes from `dst` (inside a gpuhal allocation or an import of shared memory)
+/// to `value`, on `stream`.
 #[no_mangle]
 pub extern "C" fn gpuhal_stream_fill(stream: GpuhalStream, dst: *mut c_void, len: u64, value: u8) -> GpuhalStatus {
     const F: &str = "gpuhal_stream_fill";
     guard(F, || {
         let on = self::stream(F, stream)?;
         let at = locate(F, &on, dst as u64, len)?;
-        on.stream.fill(&at.buffer, at.offset, len, value).in_function(F)
+        on.stream.fill(&at.memory, at.offset, len, value).in_function(F)
     })
 }
 
@@ -199,7 +224,7 @@ pub extern "C" fn gpuhal_stream_copy(
         let from = locate(F, &on, src as u64, len)?;
         let to = locate(F, &on, dst as u64, len)?;
         on.stream
-            .copy(&from.buffer, from.offset, &to.buffer, to.offset, len)
+            .copy(&from.memory, from.offset, &to.memory, to.offset, len)
             .in_function(F)
     })
 }
@@ -223,7 +248,7 @@ pub unsafe extern "C" fn gpuhal_stream_write(
         let data = unsafe { host_slice(F, "host", host.cast(), len) }?;
         let on = self::stream(F, stream)?;
         let to = locate(F, &on, dst as u64, len)?;
-        on.stream.write(&to.buffer, to.offset, data).in_function(F)
+        on.stream.write(&to.memory, to.offset, data).in_function(F)
     })
 }
 
@@ -246,6 +271,6 @@ pub unsafe extern "C" fn gpuhal_stream_read(
         let out = unsafe { host_slice_mut(F, "host", host.cast(), len) }?;
         let on = self::stream(F, stream)?;
         let from = locate(F, &on, src as u64, len)?;
-        on.stream.read(&from.buffer, from.offset, out).in_function(F)
+        on.stream.read(&from.memory, from.offset, out).in_function(F)
     })
 }

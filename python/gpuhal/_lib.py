@@ -147,6 +147,37 @@ class GpuhalWakeReport(ctypes.Structure):
         return {field: int(getattr(self, field)) for field in WAKE_REPORT_FIELDS}
 
 
+class GpuhalOpenOptions(ctypes.Structure):
+    """``GpuhalOpenOptions`` (``gpuhal_device_open_with``): ``segments`` is 0 (native) or 1
+    (growable); ``sharing`` serves device memory from an exportable pool."""
+
+    _fields_ = [("segments", ctypes.c_uint32), ("sharing", ctypes.c_bool)]
+
+
+EXPORT_DATA_LEN = 64
+
+
+class GpuhalSharedMemory(ctypes.Structure):
+    """``GpuhalSharedMemory``: an exported allocation (``gpuhal_export``), for
+    ``gpuhal_import_shared`` in another process; ``fd`` (-1 for the mock's token pools) is the
+    caller's to close."""
+
+    _fields_ = [
+        ("backend", ctypes.c_char * 16),
+        ("fd", ctypes.c_int),
+        ("token", ctypes.c_uint64),
+        ("allocation", ctypes.c_uint8 * EXPORT_DATA_LEN),
+        ("offset", ctypes.c_uint64),
+        ("len", ctypes.c_uint64),
+    ]
+
+
+class GpuhalSharedEvent(ctypes.Structure):
+    """``GpuhalSharedEvent``: an interprocess event's handle (``gpuhal_shared_event_create``)."""
+
+    _fields_ = [("backend", ctypes.c_char * 16), ("data", ctypes.c_uint8 * EXPORT_DATA_LEN)]
+
+
 class GpuhalError(Exception):
     """A call of the C ABI failed.
 
@@ -184,6 +215,31 @@ _SIGNATURES = {
     "gpuhal_status_name": (_c.c_char_p, [_status]),
     "gpuhal_device_open": (_status, [_c.c_char_p, _u32, _c.POINTER(GpuhalDevice)]),
     "gpuhal_device_close": (_status, [GpuhalDevice]),
+    "gpuhal_device_open_with": (
+        _status,
+        [_c.c_char_p, _u32, _c.POINTER(GpuhalOpenOptions), _c.POINTER(GpuhalDevice)],
+    ),
+    "gpuhal_export": (_status, [GpuhalDevice, _vp, _c.POINTER(GpuhalSharedMemory)]),
+    "gpuhal_import_shared": (_status, [GpuhalDevice, _c.POINTER(GpuhalSharedMemory), _c.POINTER(_vp)]),
+    "gpuhal_shared_import_release": (_status, [GpuhalDevice, _vp]),
+    "gpuhal_shared_event_create": (
+        _status,
+        [GpuhalDevice, _c.POINTER(GpuhalEvent), _c.POINTER(GpuhalSharedEvent)],
+    ),
+    "gpuhal_shared_event_open": (
+        _status,
+        [GpuhalDevice, _c.POINTER(GpuhalSharedEvent), _c.POINTER(GpuhalEvent)],
+    ),
+    "gpuhal_can_access_peer": (_status, [GpuhalDevice, GpuhalDevice, _c.POINTER(_c.c_bool)]),
+    "gpuhal_enable_peer_access": (_status, [GpuhalDevice, GpuhalDevice]),
+    "gpuhal_send_shared": (
+        _status,
+        [_c.c_int, _c.POINTER(GpuhalSharedMemory), _c.POINTER(GpuhalSharedEvent)],
+    ),
+    "gpuhal_receive_shared": (
+        _status,
+        [_c.c_int, _c.POINTER(GpuhalSharedMemory), _c.POINTER(GpuhalSharedEvent), _c.POINTER(_c.c_bool)],
+    ),
     "gpuhal_stream_create": (_status, [GpuhalDevice, _c.POINTER(GpuhalStream)]),
     "gpuhal_stream_adopt": (_status, [GpuhalDevice, _vp, _c.POINTER(GpuhalStream)]),
     "gpuhal_stream_destroy": (_status, [GpuhalStream]),

@@ -307,3 +307,101 @@ fn sleep_keeps_the_named_buffers_and_poisons_the_rest_through_the_facade() -> Re
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     Ok(())
 }
+
+#[cfg(feature = "mock")]
+mod sharing {
+    use gpuhal_mock::{MockBackend, MockConfig, MockDevice};
+
+    use super::*;
+
+    fn machine_of_two() -> Result<(AnyDevice, AnyDevice)> {
+        let config = |ordinal| MockConfig {
+            ordinal,
+            sharing: true,
+            ..MockConfig::default()
+        };
+        let mut devices = MockDevice::open_machine(&[config(0), config(1)])?.into_iter();
+        let mut next = || {
+            devices
+                .next()
+                .map(AnyDevice::from_native::<MockBackend>)
+                .ok_or_else(|| Error::invalid("machine_of_two", "the mock opened fewer devices than asked"))
+        };
+        Ok((next()?, next()?))
+    }
+
+    #[test]
+    fn an_export_imported_on_a_peer_is_read_written_and_copied_by_its_streams() -> Result<()> {
+        let (a, b) = machine_of_two()?;
+        assert!(a.can_access_peer(&b) && !a.can_access_peer(&a));
+        let (on_a, on_b) = (a.create_stream()?, b.create_stream()?);
+        let buffer = a.allocate(8192, MemoryKind::Device, &on_a)?;
+        on_a.fill(&buffer, 0, 8192, 0x11)?;
+        let handle = a.export(&buffer)?;
+        assert_eq!((handle.len, handle.backend), (8192, "mock"));
+        let (ready, ready_handle) = a.shared_event()?;
+        ready.record(&on_a)?;
+
+        // Without access to the exporter, the import is refused naming both devices.
+        let err = b.import_shared(&handle).unwrap_err();
+        assert!(matches!(err, Error::PeerAccess { .. }), "{err:?}");
+        b.enable_peer_access(&a)?;
+        let imported = b.import_shared(&handle)?;
+        assert_eq!(
+            (imported.len(), imported.device(), imported.backend()),
+            (8192, b.info().id, "mock")
+        );
+        let ready_on_b = b.import_event(&ready_handle)?;
+        on_b.wait_event(&ready_on_b)?;
+        let mut back = vec![0; 8192];
+        on_b.read(&imported, 0, &mut back)?;
+        assert!(back.iter().all(|&byte| byte == 0x11));
+        // The importer answers into the shared memory and copies it into its own buffer.
+        on_b.fill(&imported, 4096, 4096, 0x22)?;
+        let local = b.allocate(8192, MemoryKind::Device, &on_b)?;
+        on_b.copy(&imported, 0, &local, 0, 8192)?;
+        let answered = b.import_event(&ready_handle)?;
+        answered.record(&on_b)?;
+        on_a.wait_event(&ready)?;
+        on_a.read(&buffer, 0, &mut back)?;
+        assert!(back[..4096].iter().all(|&byte| byte == 0x11) && back[4096..].iter().all(|&byte| byte == 0x22));
+        on_b.read(&local, 0, &mut back)?;
+        assert!(back[4096..].iter().all(|&byte| byte == 0x22));
+        Ok(())
+    }
+
+    #[test]
+    fn sharing_needs_a_sharing_device_and_the_exporter_keeps_the_memory() -> Result<()> {
+        let plain = AnyDevice::open("mock", 0)?;
+        let stream = plain.create_stream()?;
+        let buffer = plain.allocate(256, MemoryKind::Device, &stream)?;
+        let err = plain.export(&buffer).unwrap_err();
+        assert!(err.to_string().contains("sharing enabled"), "{err}");
+        assert!(matches!(
+            plain.enable_peer_access(&plain),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            AnyDevice::open_shared("mock:minimal", 0, crate::PoolConfig::default()),
+            Err(Error::Unsupported { .. })
+        ));
+
+        let device = AnyDevice::open_shared("mock", 0, crate::PoolConfig::default())?;
+        let stream = device.create_stream()?;
+        let shared = device.allocate(4096, MemoryKind::Device, &stream)?;
+        stream.fill(&shared, 0, 4096, 3)?;
+        stream.synchronize()?;
+        let handle = device.export(&shared)?;
+        let imported = device.import_shared(&handle)?;
+        // Another device's buffer is refused by the exporter.
+        assert!(matches!(device.export(&buffer), Err(Error::ForeignHandle { .. })));
+        drop(shared);
+        let reused = device.allocate(4096, MemoryKind::Device, &stream)?;
+        stream.fill(&reused, 0, 4096, 8)?;
+        stream.synchronize()?;
+        let mut out = vec![0; 4096];
+        let err = stream.read(&imported, 0, &mut out).unwrap_err();
+        assert!(matches!(err, Error::UseAfterFree { .. }), "{err:?}");
+        Ok(())
+    }
+}

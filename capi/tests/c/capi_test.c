@@ -1,8 +1,10 @@
 /* The C ABI from C, on the mock backend: what a C framework does, and every bad input
  * the ABI promises to survive. Built and run by capi/tests/c_program.rs. */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "gpuhal.h"
@@ -351,6 +353,126 @@ static void sleep_and_wake(GpuhalDevice native_dev, GpuhalStream native_stream) 
     FAILS(gpuhal_wake(dev, NULL), GPUHAL_STATUS_INVALID_HANDLE, "not open");
 }
 
+/* Export, the handle across a Unix socket, import and interprocess events, on one mock
+ * device opened with sharing (the mock opens its handles in-process; CUDA's two-process
+ * case is the GPU bundle's), then peer access and bad inputs. */
+static void sharing(GpuhalDevice plain) {
+    GpuhalOpenOptions options = {GPUHAL_SEGMENTS_NATIVE, true};
+    GpuhalDevice dev;
+    GpuhalStream exporter, importer;
+    OK(gpuhal_device_open_with("mock", 0, &options, &dev));
+    GpuhalDeviceInfo info;
+    OK(gpuhal_device_info(dev, &info));
+    CHECK(info.capabilities & GPUHAL_CAP_IPC);
+    OK(gpuhal_stream_create(dev, &exporter));
+    OK(gpuhal_stream_create(dev, &importer));
+    void *buffer = NULL;
+    OK(gpuhal_malloc(dev, 4096, GPUHAL_MEMORY_DEVICE, exporter, &buffer));
+    OK(gpuhal_stream_fill(exporter, buffer, 4096, 0x11));
+    GpuhalSharedMemory handle;
+    OK(gpuhal_export(dev, buffer, &handle));
+    CHECK(handle.len == 4096 && handle.fd == -1 && strcmp(handle.backend, "mock") == 0);
+    GpuhalEvent ready;
+    GpuhalSharedEvent ready_handle;
+    OK(gpuhal_shared_event_create(dev, &ready, &ready_handle));
+    OK(gpuhal_event_record(ready, exporter));
+
+    /* The handle and the event cross a socket, as to another process. */
+    int sockets[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sockets) == 0);
+    OK(gpuhal_send_shared(sockets[0], &handle, &ready_handle));
+    GpuhalSharedMemory received;
+    GpuhalSharedEvent received_event;
+    bool has_event = false;
+    OK(gpuhal_receive_shared(sockets[1], &received, &received_event, &has_event));
+    CHECK(has_event && received.len == 4096 && received.offset == handle.offset);
+    CHECK(memcmp(received.allocation, handle.allocation, GPUHAL_EXPORT_DATA_LEN) == 0);
+
+    void *imported = NULL;
+    OK(gpuhal_import_shared(dev, &received, &imported));
+    CHECK(imported != NULL);
+    GpuhalEvent ready_there, answered;
+    OK(gpuhal_shared_event_open(dev, &received_event, &ready_there));
+    /* Before waiting on the exporter's event the importer's read races its fill. */
+    unsigned char back[4096];
+    FAILS(gpuhal_stream_read(importer, imported, back, 16), GPUHAL_STATUS_MISUSE, "unsynchronised");
+    OK(gpuhal_stream_wait_event(importer, ready_there));
+    /* An interior pointer of the import works as one of an allocation. */
+    OK(gpuhal_stream_read(importer, (char *)imported + 2048, back, 16));
+    CHECK(back[0] == 0x11 && back[15] == 0x11);
+    OK(gpuhal_stream_fill(importer, (char *)imported + 2048, 2048, 0x22));
+    FAILS(gpuhal_stream_fill(importer, (char *)imported + 2048, 4096, 0), GPUHAL_STATUS_INVALID_ARGUMENT,
+          "past the end");
+    OK(gpuhal_shared_event_open(dev, &received_event, &answered));
+    OK(gpuhal_event_record(answered, importer));
+    OK(gpuhal_stream_wait_event(exporter, ready));
+    OK(gpuhal_stream_read(exporter, buffer, back, sizeof back));
+    CHECK(back[0] == 0x11 && back[2047] == 0x11 && back[2048] == 0x22 && back[4095] == 0x22);
+
+    /* Bad inputs: an interior pointer or a made-up one to export, a device opened without
+     * sharing, handles naming another backend, no backend, too many bytes, the same
+     * handle imported twice, a releasing pointer that is no import. */
+    FAILS(gpuhal_export(dev, (char *)buffer + 16, &handle), GPUHAL_STATUS_UNKNOWN_POINTER, "16 bytes into");
+    int on_the_stack = 0;
+    FAILS(gpuhal_export(dev, &on_the_stack, &handle), GPUHAL_STATUS_UNKNOWN_POINTER, "not handed out");
+    FAILS(gpuhal_export(dev, buffer, NULL), GPUHAL_STATUS_INVALID_ARGUMENT, "out is null");
+    void *plain_buffer = NULL;
+    GpuhalStream plain_stream;
+    OK(gpuhal_stream_create(plain, &plain_stream));
+    OK(gpuhal_malloc(plain, 4096, GPUHAL_MEMORY_DEVICE, plain_stream, &plain_buffer));
+    FAILS(gpuhal_export(plain, plain_buffer, &handle), GPUHAL_STATUS_INVALID_ARGUMENT, "sharing enabled");
+    GpuhalSharedMemory forged = received;
+    strcpy(forged.backend, "cuda");
+    void *never = NULL;
+    FAILS(gpuhal_import_shared(dev, &forged, &never), GPUHAL_STATUS_FOREIGN, "cuda");
+    strcpy(forged.backend, "opencl");
+    FAILS(gpuhal_import_shared(dev, &forged, &never), GPUHAL_STATUS_INVALID_ARGUMENT, "opencl");
+    forged = received;
+    forged.len = 1 << 30;
+    CHECK(gpuhal_import_shared(dev, &forged, &never) != GPUHAL_STATUS_OK && never == NULL);
+    forged = received;
+    forged.fd = -5;
+    FAILS(gpuhal_import_shared(dev, &forged, &never), GPUHAL_STATUS_INVALID_ARGUMENT, "fd -5");
+    FAILS(gpuhal_import_shared(dev, &received, &never), GPUHAL_STATUS_INVALID_ARGUMENT, "imported twice");
+    FAILS(gpuhal_import_shared(dev, NULL, &never), GPUHAL_STATUS_INVALID_ARGUMENT, "handle is null");
+    FAILS(gpuhal_shared_import_release(dev, (char *)imported + 8), GPUHAL_STATUS_UNKNOWN_POINTER, "inside an import");
+    GpuhalSharedEvent bad_event = received_event;
+    strcpy(bad_event.backend, "vulkan");
+    GpuhalEvent never_event;
+    FAILS(gpuhal_shared_event_open(dev, &bad_event, &never_event), GPUHAL_STATUS_FOREIGN, "vulkan");
+    FAILS(gpuhal_shared_event_create(plain, &never_event, NULL), GPUHAL_STATUS_INVALID_ARGUMENT, "handle is null");
+    /* Sockets: not a descriptor, and bytes that are no handle. */
+    FAILS(gpuhal_send_shared(-1, &received, NULL), GPUHAL_STATUS_INVALID_ARGUMENT, "not a file descriptor");
+    CHECK(write(sockets[0], "not a handle", 12) == 12);
+    FAILS(gpuhal_receive_shared(sockets[1], &received, NULL, NULL), GPUHAL_STATUS_INVALID_ARGUMENT,
+          "not a gpuhal shared memory handle");
+    /* Peer access: devices opened apart are not peers, nor is a device its own. */
+    bool can = true;
+    OK(gpuhal_can_access_peer(dev, plain, &can));
+    CHECK(!can);
+    OK(gpuhal_can_access_peer(dev, dev, &can));
+    CHECK(!can);
+    FAILS(gpuhal_enable_peer_access(dev, plain), GPUHAL_STATUS_UNSUPPORTED, "enable_peer_access");
+    GpuhalDevice closed = {0};
+    FAILS(gpuhal_can_access_peer(dev, closed, &can), GPUHAL_STATUS_INVALID_HANDLE, "null");
+
+    /* The importer releases first; then the exporter may free. */
+    OK(gpuhal_stream_synchronize(importer));
+    OK(gpuhal_shared_import_release(dev, imported));
+    FAILS(gpuhal_shared_import_release(dev, imported), GPUHAL_STATUS_UNKNOWN_POINTER, "released already");
+    OK(gpuhal_event_release(answered));
+    OK(gpuhal_event_release(ready_there));
+    OK(gpuhal_event_release(ready));
+    OK(gpuhal_free(dev, buffer));
+    OK(gpuhal_free(plain, plain_buffer));
+    close(sockets[0]);
+    close(sockets[1]);
+    OK(gpuhal_stream_destroy(plain_stream));
+    OK(gpuhal_stream_destroy(exporter));
+    OK(gpuhal_stream_destroy(importer));
+    OK(gpuhal_device_close(dev));
+}
+
 int main(void) {
     GpuhalDevice dev, other;
     OK(gpuhal_device_open("mock:coherent", 0, &dev));
@@ -372,6 +494,7 @@ int main(void) {
     trace_recording(dev, s1);
     bad_input(dev, other, s1);
     sleep_and_wake(dev, s1);
+    sharing(other);
 
     OK(gpuhal_stream_destroy(s1));
     OK(gpuhal_stream_destroy(s2));
